@@ -1,0 +1,145 @@
+"""The batched soft-prompt optimiser.
+
+Many problems (target x restart) are optimised in one batch with their losses summed. Adam is
+per-element and the model treats batch rows independently, so each problem follows the
+trajectory it would follow alone. Weights are frozen: only the inputs get gradients, and the
+forward stops at the target layer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Callable
+
+import torch
+
+from .errors import UserError
+from .metrics import reachability_loss
+from .models import LoadedModel
+from .residual import residual_at
+
+
+@dataclass
+class OptimConfig:
+    """How each soft prompt is optimised (defaults follow the research log)."""
+
+    steps: int = 1000
+    """Adam steps per problem."""
+    lr: float = 0.01
+    """Adam learning rate."""
+    init_scale: float = 1.0
+    """Soft prompts start as init_scale * N(0, 1)."""
+    mse_weight: float = 0.01
+    """Weight of the MSE term beside the mean (1 - cos)."""
+    skip_pos0: bool = False
+    """Leave position 0 out of the loss (metrics still report it both ways)."""
+    mse_norm: str = "none"
+    """"none": raw MSE; "target": squared error divided by the target's mean square per position."""
+    batch_size: int = 64
+    """Problems per batched step; larger batches use the hardware better but need more memory."""
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {self.steps}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.mse_norm not in ("none", "target"):
+            raise UserError(f"--mse-norm must be 'none' or 'target', got {self.mse_norm!r}")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class OptimResult:
+    soft_prompt: torch.Tensor  # [P, T, d] after the last step
+    loss_curve: torch.Tensor  # [P, steps] loss before each step
+    cos_curve: torch.Tensor  # [P, steps] mean cosine before each step
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def initial_prompts(keys: list[tuple[int, int]], seq_len: int, d_model: int, scale: float, seed: int) -> torch.Tensor:
+    """Initial soft prompts, one per (target index, restart) key: [P, T, d].
+
+    Each key has its own generator, so a problem starts from the same point whatever batch it is in.
+    """
+    out = torch.empty(len(keys), seq_len, d_model)
+    for row, (target_index, restart) in enumerate(keys):
+        g = torch.Generator().manual_seed((seed * 1_000_003 + target_index) * 1009 + restart)
+        out[row] = torch.randn(seq_len, d_model, generator=g) * scale
+    return out
+
+
+class ChunkCheckpoint:
+    """Where an optimisation chunk saves and finds its mid-run state; the default keeps nothing."""
+
+    every: int = 0
+
+    def load(self, chunk: int) -> dict | None:
+        return None
+
+    def save(self, chunk: int, state: dict) -> None:
+        pass
+
+
+def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Tensor, cfg: OptimConfig,
+             ablation: str = "none", progress: Callable[[int, float], None] | None = None,
+             checkpoint: ChunkCheckpoint | None = None) -> OptimResult:
+    """Optimise soft prompts so the layer-`layer` residual matches `targets`.
+
+    targets, init: [P, T, d]. `progress(new_steps, median_cos)` is called after every step (and once
+    on resume with the steps already done), with the median cosine of the current batch.
+    """
+    import time
+
+    if targets.shape != init.shape:
+        raise UserError(f"targets {tuple(targets.shape)} and initial prompts {tuple(init.shape)} differ in shape")
+    if not torch.isfinite(targets).all():
+        raise UserError("targets contain non-finite values (nan or inf)")
+    checkpoint = checkpoint or ChunkCheckpoint()
+    start = time.perf_counter()
+    prompts, losses, coses = [], [], []
+    for chunk, lo in enumerate(range(0, targets.shape[0], cfg.batch_size)):
+        hi = min(lo + cfg.batch_size, targets.shape[0])
+        p, l, c = _optimise_chunk(lm, layer, targets[lo:hi], init[lo:hi], cfg, ablation, progress,
+                                  checkpoint, chunk)
+        prompts.append(p)
+        losses.append(l)
+        coses.append(c)
+    return OptimResult(torch.cat(prompts), torch.cat(losses), torch.cat(coses), time.perf_counter() - start)
+
+
+def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoint, chunk):
+    dev = lm.device
+    target = targets.to(dev, torch.float32)  # [B, T, d]
+    soft = torch.nn.Parameter(init.to(dev, torch.float32).clone())  # [B, T, d]
+    opt = torch.optim.Adam([soft], lr=cfg.lr)
+    loss_curve = torch.zeros(target.shape[0], cfg.steps)
+    cos_curve = torch.zeros(target.shape[0], cfg.steps)
+    first = 0
+    state = checkpoint.load(chunk)
+    if state is not None:
+        with torch.no_grad():
+            soft.copy_(state["soft"].to(dev))
+        opt.load_state_dict(state["adam"])
+        loss_curve, cos_curve, first = state["loss_curve"], state["cos_curve"], state["step"]
+        if progress:
+            progress(first, float(cos_curve[:, first - 1].median()) if first else float("nan"))
+    for step in range(first, cfg.steps):
+        achieved = residual_at(lm.model, layer, inputs_embeds=soft, ablation=ablation)
+        loss, cos = reachability_loss(achieved.float(), target, cfg.mse_weight, cfg.skip_pos0, cfg.mse_norm)
+        if not torch.isfinite(loss).all():
+            raise UserError(f"loss became non-finite at step {step}; try a smaller --lr or --init-scale")
+        opt.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        opt.step()
+        loss_curve[:, step] = loss.detach().cpu()
+        cos_curve[:, step] = cos.detach().cpu()
+        if progress:
+            progress(1, float(cos_curve[:, step].median()))
+        if checkpoint.every and (step + 1) % checkpoint.every == 0 and step + 1 < cfg.steps:
+            checkpoint.save(chunk, {"soft": soft.detach().cpu(), "adam": opt.state_dict(),
+                                    "loss_curve": loss_curve, "cos_curve": cos_curve, "step": step + 1})
+    return soft.detach().cpu(), loss_curve, cos_curve

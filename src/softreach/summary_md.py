@@ -1,0 +1,53 @@
+"""The short human summary of one result folder (summary.md)."""
+from __future__ import annotations
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    if x != x:
+        return "nan"
+    if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3):
+        return f"{x:.3g}"
+    return f"{x:.{digits}f}"
+
+
+ROWS = [
+    ("cosine (mean over positions)", "cos"),
+    ("cosine without position 0", "cos_no_pos0"),
+    ("MSE", "mse"),
+    ("MSE without position 0", "mse_no_pos0"),
+    ("centred cosine", "centred_cos"),
+    ("FVU", "fvu"),
+    ("FVU without position 0", "fvu_no_pos0"),
+    ("random-token floor (cosine)", "floor_cos"),
+    ("random-token floor without position 0", "floor_cos_no_pos0"),
+    ("convergence (cos change over last 20% of steps)", "convergence_delta"),
+    ("restart spread (max - min cos)", "restart_spread"),
+]
+
+
+def summary_table(summary: dict) -> str:
+    lines = ["| metric | median | mean | std | min | max |", "|---|---|---|---|---|---|"]
+    for label, key in ROWS:
+        if key in summary:
+            s = summary[key]
+            lines.append(f"| {label} | {_fmt(s['median'])} | {_fmt(s['mean'])} | {_fmt(s['std'])} | "
+                         f"{_fmt(s['min'])} | {_fmt(s['max'])} |")
+    return "\n".join(lines)
+
+
+def summary_markdown(title: str, config: dict, summary: dict) -> str:
+    m = config["model"]
+    o = config["optim"]
+    head = [
+        f"# {title}",
+        "",
+        f"- model: `{m['source']}`" + (f" (`{m['gguf_file']}`)" if m.get("gguf_file") else "")
+        + f", {m.get('n_layers', '?')} layers, d_model {m.get('d_model', '?')}",
+        f"- layer {config['layer']}, ablation {config['ablation']}, T={config['seq_len']}, "
+        f"{summary['n_targets']} targets x {config['restarts']} restarts, {o['steps']} steps, "
+        f"Adam lr {o['lr']}, init N(0, {o['init_scale']}^2), seed {config['seed']}",
+        f"- time: {summary['seconds']:.1f} s of optimisation, "
+        f"{summary['problem_steps_per_second']:.1f} problem-steps/s on {config['device']}",
+        "",
+    ]
+    return "\n".join(head) + summary_table(summary) + "\n"
