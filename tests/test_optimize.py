@@ -1,0 +1,90 @@
+import pytest
+import torch
+
+from softreach.errors import UserError
+from softreach.optimize import ChunkCheckpoint, OptimConfig, initial_prompts, optimise
+from softreach.residual import residual_at
+
+
+def _targets(lm, n, t=6, layer=2, seed=0):
+    ids = torch.randint(2, 100, (n, t), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return residual_at(lm.model, layer, input_ids=ids)
+
+
+def test_batched_trajectories_equal_one_at_a_time(tiny_lm):
+    cfg = OptimConfig(steps=25, lr=0.05)
+    target = _targets(tiny_lm, 4)
+    init = initial_prompts([(i, 0) for i in range(4)], 6, tiny_lm.d_model, 1.0, seed=3)
+    batched = optimise(tiny_lm, 2, target, init, cfg)
+    for i in range(4):
+        alone = optimise(tiny_lm, 2, target[i : i + 1], init[i : i + 1], cfg)
+        torch.testing.assert_close(batched.loss_curve[i], alone.loss_curve[0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(batched.soft_prompt[i], alone.soft_prompt[0], rtol=1e-3, atol=1e-4)
+
+
+def test_splitting_the_batch_gives_the_same_result(tiny_lm):
+    target = _targets(tiny_lm, 5)
+    init = initial_prompts([(i, 0) for i in range(5)], 6, tiny_lm.d_model, 1.0, seed=0)
+    whole = optimise(tiny_lm, 2, target, init, OptimConfig(steps=15, batch_size=64))
+    split = optimise(tiny_lm, 2, target, init, OptimConfig(steps=15, batch_size=2))
+    torch.testing.assert_close(whole.soft_prompt, split.soft_prompt, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(whole.cos_curve, split.cos_curve, rtol=1e-4, atol=1e-5)
+
+
+def test_optimisation_improves_the_match(tiny_lm):
+    target = _targets(tiny_lm, 3)
+    init = initial_prompts([(i, 0) for i in range(3)], 6, tiny_lm.d_model, 1.0, seed=0)
+    res = optimise(tiny_lm, 2, target, init, OptimConfig(steps=150, lr=0.05))
+    assert (res.cos_curve[:, -1] > res.cos_curve[:, 0] + 0.1).all()
+    assert res.cos_curve[:, -1].median() > 0.9
+
+
+def test_initial_prompts_do_not_depend_on_the_batch():
+    a = initial_prompts([(0, 0), (1, 0), (1, 1)], 4, 8, 1.0, seed=5)
+    b = initial_prompts([(1, 1)], 4, 8, 1.0, seed=5)
+    torch.testing.assert_close(a[2], b[0])
+    assert not torch.allclose(a[1], a[2])
+    assert not torch.allclose(a, initial_prompts([(0, 0), (1, 0), (1, 1)], 4, 8, 1.0, seed=6))
+
+
+class _MemoryCheckpoint(ChunkCheckpoint):
+    def __init__(self, every, stop_after=None):
+        self.every, self.saved, self.stop_after = every, {}, stop_after
+
+    def load(self, chunk):
+        return self.saved.get(chunk)
+
+    def save(self, chunk, state):
+        import copy
+
+        self.saved[chunk] = copy.deepcopy(state)
+        if self.stop_after is not None and state["step"] >= self.stop_after:
+            raise KeyboardInterrupt
+
+
+def test_resumed_chunk_equals_uninterrupted(tiny_lm):
+    cfg = OptimConfig(steps=20, lr=0.05)
+    target = _targets(tiny_lm, 3)
+    init = initial_prompts([(i, 0) for i in range(3)], 6, tiny_lm.d_model, 1.0, seed=0)
+    straight = optimise(tiny_lm, 2, target, init, cfg)
+    ckpt = _MemoryCheckpoint(every=5, stop_after=10)
+    with pytest.raises(KeyboardInterrupt):
+        optimise(tiny_lm, 2, target, init, cfg, checkpoint=ckpt)
+    ckpt.stop_after = None
+    resumed = optimise(tiny_lm, 2, target, init, cfg, checkpoint=ckpt)
+    torch.testing.assert_close(resumed.soft_prompt, straight.soft_prompt, rtol=0, atol=0)
+    torch.testing.assert_close(resumed.loss_curve, straight.loss_curve, rtol=0, atol=0)
+
+
+def test_non_finite_targets_are_refused(tiny_lm):
+    target = _targets(tiny_lm, 2)
+    target[0, 1, 3] = float("nan")
+    with pytest.raises(UserError, match="non-finite"):
+        optimise(tiny_lm, 2, target, torch.zeros_like(target), OptimConfig(steps=2))
+
+
+@pytest.mark.parametrize("kwargs", [{"steps": 0}, {"lr": 0.0}, {"batch_size": 0}, {"mse_norm": "x"}])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(UserError):
+        OptimConfig(**kwargs)
