@@ -1,4 +1,4 @@
-"""Command line: `softreach run exp1 ...`. Errors are one line on stderr with exit code 2."""
+"""Command line: `softreach run|suite|report ...`. Errors are one line on stderr with exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -7,70 +7,161 @@ import sys
 
 from .errors import UserError
 
-EXPERIMENTS = ("exp1",)
+EXPERIMENTS = ("exp1", "exp1b", "exp2a", "exp2b", "exp3", "exp4", "exp5")
+NEEDS_EXP1 = ("exp1b", "exp4")
+
+# flag -> (config field, type, help); every default lives in the config dataclasses
+RUN_FLAGS = {
+    "--model": ("model", str, "hub id, local model folder, .gguf file, or smollm2-135m (default)"),
+    "--layer": ("layer", int, "layer L = hidden_states[L] (default: n_layers // 2)"),
+    "--targets": ("targets", int, "number of targets"),
+    "--restarts": ("restarts", int, "random restarts per target"),
+    "--seq-len": ("seq_len", int, "positions T"),
+    "--seed": ("seed", int, "seed for windows, initial prompts and random draws"),
+    "--device": ("device", str, "auto, cpu or cuda"),
+    "--corpus": ("corpus", str, "default (pydoc topics), wikitext2, or a text file"),
+    "--ablation": ("ablation", str, "none, no_attn or no_mlp"),
+    "--floor-draws": ("floor_draws", int, "random-token draws per target for the floor"),
+    "--mean-windows": ("mean_windows", int, "windows averaged for the corpus-mean residual"),
+}
+OPTIM_FLAGS = {
+    "--steps": ("steps", int, "Adam steps"),
+    "--lr": ("lr", float, "Adam learning rate"),
+    "--init-scale": ("init_scale", float, "standard deviation of the initial soft prompts"),
+    "--mse-weight": ("mse_weight", float, "weight of the MSE term in the loss"),
+    "--mse-norm": ("mse_norm", str, "none, or target: squared error over the target's mean square per position"),
+    "--batch-size": ("batch_size", int, "problems per batched step"),
+}
 
 
-def add_run_flags(p: argparse.ArgumentParser) -> None:
-    """Flags shared by every experiment (names follow the config fields)."""
-    from .config import RunConfig
-    from .optimize import OptimConfig
-
-    d, o = RunConfig(), OptimConfig()
-    p.add_argument("--model", default=d.model, help="hub id, local model folder, .gguf file, or smollm2-135m (default)")
-    p.add_argument("--layer", type=int, default=None, help="layer L = hidden_states[L] (default: n_layers // 2)")
-    p.add_argument("--targets", type=int, default=d.targets, help="number of targets (default %(default)s)")
-    p.add_argument("--restarts", type=int, default=d.restarts, help="random restarts per target (default %(default)s)")
-    p.add_argument("--steps", type=int, default=o.steps, help="Adam steps (default %(default)s)")
-    p.add_argument("--seq-len", type=int, default=d.seq_len, help="positions T (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed (default %(default)s)")
-    p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default %(default)s)")
-    p.add_argument("--corpus", default=d.corpus, help="default (pydoc topics), wikitext2, or a text file")
-    p.add_argument("--ablation", default=d.ablation, choices=["none", "no_attn", "no_mlp"])
-    p.add_argument("--lr", type=float, default=o.lr, help="Adam learning rate (default %(default)s)")
-    p.add_argument("--init-scale", type=float, default=o.init_scale, help="init std (default %(default)s)")
-    p.add_argument("--mse-weight", type=float, default=o.mse_weight, help="MSE weight in the loss (default %(default)s)")
-    p.add_argument("--mse-norm", default=o.mse_norm, choices=["none", "target"],
-                   help="divide each position's squared error by the target's mean square (target)")
-    p.add_argument("--skip-pos0", action="store_true", help="leave position 0 out of the loss")
-    p.add_argument("--batch-size", type=int, default=o.batch_size, help="problems per batched step (default %(default)s)")
-    p.add_argument("--floor-draws", type=int, default=d.floor_draws, help="random-token draws per target for the floor")
-    p.add_argument("--out", required=True, help="result folder to create")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing result folder")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    for flag, (_, typ, text) in {**RUN_FLAGS, **OPTIM_FLAGS}.items():
+        p.add_argument(flag, type=typ, default=None, help=text)
+    p.add_argument("--skip-pos0", action="store_true", default=None, help="leave position 0 out of the loss")
+    p.add_argument("--out", required=True, help="folder to create (or resume, for suites)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def config_from_args(a: argparse.Namespace):
-    from .config import RunConfig
-    from .optimize import OptimConfig
+def overrides(a: argparse.Namespace) -> tuple[dict, dict]:
+    """The run and optimiser settings given on the command line (unset flags are absent)."""
+    run = {f: getattr(a, f) for f, _, _ in RUN_FLAGS.values() if getattr(a, f) is not None}
+    optim = {f: getattr(a, f) for f, _, _ in OPTIM_FLAGS.values() if getattr(a, f) is not None}
+    if a.skip_pos0:
+        optim["skip_pos0"] = True
+    return run, optim
 
-    optim = OptimConfig(steps=a.steps, lr=a.lr, init_scale=a.init_scale, mse_weight=a.mse_weight,
-                        skip_pos0=a.skip_pos0, mse_norm=a.mse_norm, batch_size=a.batch_size)
-    return RunConfig(model=a.model, layer=a.layer, targets=a.targets, restarts=a.restarts, seq_len=a.seq_len,
-                     seed=a.seed, device=a.device, corpus=a.corpus, ablation=a.ablation,
-                     floor_draws=a.floor_draws, optim=optim)
+
+def parse_sets(items: list[str]) -> dict:
+    """--set KEY=VALUE for suite settings: steps.EXP, restarts.EXP, exp3_pairs, exp5_targets, ..."""
+    import json
+
+    out: dict = {}
+    seen: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--set needs KEY=VALUE, got {item!r}")
+        key, raw = item.split("=", 1)
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        if key in seen and seen[key] != value:
+            raise UserError(f"conflicting overrides for {key}: {seen[key]!r} and {value!r}")
+        seen[key] = value
+        if "." in key:
+            group, exp = key.split(".", 1)
+            if group not in ("steps", "restarts"):
+                raise UserError(f"unknown setting {key!r}: dotted keys are steps.EXP or restarts.EXP")
+            out.setdefault(group, {})[exp] = int(value)
+        else:
+            out[key] = value
+    return out
+
+
+def print_summary(title: str, summary: dict, where: str) -> None:
+    from .summary_md import summary_table
+
+    print(f"\n{title}\n")
+    print(summary_table(summary))
+    print(f"\n{summary['problem_steps_per_second']:.1f} problem-steps/s; results in {where}")
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .exp1 import run_exp1
-    from .summary_md import summary_table
+    from .config import RunConfig
+    from .optimize import OptimConfig
 
-    cfg = config_from_args(a)
-    result, config = run_exp1(cfg, out=a.out, overwrite=a.overwrite, show_progress=not a.no_progress)
-    print(f"\n{a.experiment} on {config['model']['source']}"
-          + (f" ({config['model']['gguf_file']})" if config["model"]["gguf_file"] else "")
-          + f", layer {config['layer']}, {cfg.targets} targets x {cfg.restarts} restarts, {cfg.optim.steps} steps\n")
-    print(summary_table(result.summary))
-    print(f"\n{result.summary['problem_steps_per_second']:.1f} problem-steps/s; results in {a.out}")
+    run, optim = overrides(a)
+    if a.experiment == "exp1":
+        from .exp1 import run_exp1
+
+        cfg = RunConfig(**run, optim=OptimConfig(**optim))
+        result, config = run_exp1(cfg, out=a.out, overwrite=a.overwrite, show_progress=not a.no_progress)
+        m = config["model"]
+        print_summary(f"exp1 on {m['source']}" + (f" ({m['gguf_file']})" if m["gguf_file"] else "")
+                      + f", layer {config['layer']}, {cfg.targets} targets x {cfg.restarts} restarts, "
+                      f"{cfg.optim.steps} steps", result.summary, a.out)
+        return 0
+    from .presets import build_suite_config
+
+    sets = parse_sets(a.set)
+    sets["experiments"] = ("exp1", a.experiment) if a.experiment in NEEDS_EXP1 else (a.experiment,)
+    return _run_suite(build_suite_config(None, run, optim, sets), a)
+
+
+def cmd_suite(a: argparse.Namespace) -> int:
+    from .presets import build_suite_config
+
+    run, optim = overrides(a)
+    sets = parse_sets(a.set)
+    if a.experiments:
+        sets["experiments"] = [e.strip() for e in a.experiments.split(",") if e.strip()]
+    cfg = build_suite_config(a.preset, run, optim, sets)
+    return _run_suite(cfg, a)
+
+
+def _run_suite(cfg, a: argparse.Namespace) -> int:
+    from .report import write_report
+    from .suite import SuiteRunner
+
+    runner = SuiteRunner(cfg, a.out, show_progress=not a.no_progress, overwrite=a.overwrite)
+    if runner.resumed:
+        print(f"resuming {a.out}: finished experiments are kept, the rest continue from their checkpoints",
+              file=sys.stderr)
+    runner.run()
+    report = write_report(a.out)
+    print(f"\nreport: {report}")
+    synthesis = report.read_text().split("## Synthesis", 1)
+    if len(synthesis) == 2:
+        print("## Synthesis" + synthesis[1].split("\n## ", 1)[0])
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .report import write_report
+
+    print(write_report(a.run_dir))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="softreach", description="Soft prompt reachability of residual-stream targets.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run one experiment and write a result folder")
+    run = sub.add_parser("run", help="run one experiment (exp1 writes a result folder; others a run folder)")
     run.add_argument("experiment", choices=EXPERIMENTS)
-    add_run_flags(run)
+    add_config_flags(run)
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="suite setting, e.g. exp3_pairs=4")
     run.set_defaults(func=cmd_run)
+    suite = sub.add_parser("suite", help="run every experiment of the log, resumably, and write the report")
+    suite.add_argument("--preset", default="quick", help="quick (default, minutes on CPU) or seed (the log's protocol)")
+    suite.add_argument("--experiments", default=None, help="comma-separated subset, e.g. exp1,exp1b,exp3")
+    suite.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="suite setting: steps.EXP=N, restarts.EXP=N, exp3_pairs, exp5_targets, moment_windows, ...")
+    add_config_flags(suite)
+    suite.set_defaults(func=cmd_suite)
+    rep = sub.add_parser("report", help="write report.md and figures for a suite or result folder")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 
@@ -83,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"softreach: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("softreach: interrupted", file=sys.stderr)
+        print("softreach: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
 
 

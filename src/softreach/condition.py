@@ -23,8 +23,8 @@ class ConditionResult:
     soft_prompt: torch.Tensor  # [N, T, d] best restart per target
     target: torch.Tensor  # [N, T, d]
     all_soft_prompts: torch.Tensor  # [N, R, T, d]
-    loss_curve: torch.Tensor  # [N, R, S]
-    cos_curve: torch.Tensor  # [N, R, S]
+    loss_curve: torch.Tensor | None  # [N, R, S]; None where nothing was optimised
+    cos_curve: torch.Tensor | None  # [N, R, S]
     problems: list[dict]  # one row per target, tensor order
     summary: dict
     seconds: float
@@ -59,22 +59,15 @@ def solve_condition(lm: LoadedModel, layer: int, target: torch.Tensor, restarts:
     at_80 = res.cos_curve[:, min(int(0.8 * s), s - 1)]  # cosine after 80% of the steps
     convergence = (m["cos"] - at_80).view(n, restarts)
     floor = random_token_floor(lm, target, layer, seed, floor_draws, ablation) if floor_draws else {}
-    problems = []
-    for i in range(n):
+    problems = metric_rows(m, rows_of_best, floor)
+    for i, rec in enumerate(problems):
         row = int(rows_of_best[i])
-        rec = {"index": i, "best_restart": int(best[i])}
-        for key, val in m.items():
-            if key != "cos_per_position":
-                rec[key] = float(val[row])
-        rec["cos_per_position"] = [round(float(x), 6) for x in m["cos_per_position"][row]]
+        rec["best_restart"] = int(best[i])
         rec["restart_cos"] = [float(x) for x in cos[i]]
         rec["restart_mse"] = [float(x) for x in m["mse"].view(n, restarts)[i]]
         rec["restart_spread"] = float(cos[i].max() - cos[i].min())
         rec["convergence_delta"] = float(convergence[i, best[i]])
         rec["final_loss"] = float(res.loss_curve[row, -1])
-        for key, val in floor.items():
-            rec[f"floor_{key}"] = float(val[i])
-        problems.append(rec)
     summary = summarise(problems, n * restarts * s, res.seconds)
     return ConditionResult(
         soft_prompt=res.soft_prompt[rows_of_best],
@@ -86,6 +79,38 @@ def solve_condition(lm: LoadedModel, layer: int, target: torch.Tensor, restarts:
         summary=summary,
         seconds=res.seconds,
     )
+
+
+def metric_rows(m: dict, rows: torch.Tensor, floor: dict) -> list[dict]:
+    """One JSON-ready record per selected row of the metrics (and of the floor, by target)."""
+    problems = []
+    for i, row in enumerate(rows.tolist()):
+        rec = {"index": i}
+        for key, val in m.items():
+            if key != "cos_per_position":
+                rec[key] = float(val[row])
+        rec["cos_per_position"] = [round(float(x), 6) for x in m["cos_per_position"][row]]
+        for key, val in floor.items():
+            rec[f"floor_{key}"] = float(val[i])
+        problems.append(rec)
+    return problems
+
+
+def evaluate_inputs(lm: LoadedModel, layer: int, inputs: torch.Tensor, target: torch.Tensor, seed: int,
+                    corpus_mean: torch.Tensor | None = None, ablation: str = "none",
+                    floor_draws: int = 4) -> ConditionResult:
+    """Metrics of fixed input vectors (e.g. projected tokens) against targets, no optimisation. [N, T, d]"""
+    import time
+
+    start = time.perf_counter()
+    achieved = achieved_residuals(lm, inputs, layer, ablation)
+    m = problem_metrics(achieved, target, corpus_mean)
+    floor = random_token_floor(lm, target, layer, seed, floor_draws, ablation) if floor_draws else {}
+    problems = metric_rows(m, torch.arange(target.shape[0]), floor)
+    seconds = time.perf_counter() - start
+    return ConditionResult(soft_prompt=inputs.float(), target=target.float(), all_soft_prompts=inputs.float().unsqueeze(1),
+                           loss_curve=None, cos_curve=None, problems=problems,
+                           summary=summarise(problems, 0, seconds), seconds=seconds)
 
 
 def _stats(values: list[float]) -> dict:

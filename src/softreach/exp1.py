@@ -41,8 +41,13 @@ def real_targets(lm: LoadedModel, windows: TokenWindows, layer: int, count: int,
 
 
 def write_condition(out: Path, result: ConditionResult, config: dict, title: str, overwrite: bool,
-                    tokens: torch.Tensor | None = None, extra_tensors: dict | None = None) -> Path:
-    """Write a result folder (the contract in DESIGN.md), atomically."""
+                    tokens: torch.Tensor | None = None, extra_tensors: dict | None = None,
+                    extra_json: dict | None = None) -> Path:
+    """Write a result folder (the contract in DESIGN.md), atomically.
+
+    `tokens` are saved only where they produce the targets (verify_run checks that);
+    `extra_json` maps file names to JSON-ready objects written beside the contract files.
+    """
     folder = StagedFolder(out, overwrite)
     try:
         tensors = {"soft_prompt": result.soft_prompt.float(), "target": result.target.float()}
@@ -50,9 +55,12 @@ def write_condition(out: Path, result: ConditionResult, config: dict, title: str
             tensors["tokens"] = tokens.long()
         tensors.update(extra_tensors or {})
         folder.write_tensors("tensors.safetensors", tensors)
-        folder.write_tensors("curves.safetensors", {"loss": result.loss_curve, "cos": result.cos_curve,
-                                                    "all_soft_prompts": result.all_soft_prompts})
+        if result.loss_curve is not None:
+            folder.write_tensors("curves.safetensors", {"loss": result.loss_curve, "cos": result.cos_curve,
+                                                        "all_soft_prompts": result.all_soft_prompts})
         folder.write_jsonl("problems.jsonl", result.problems)
+        for name, obj in (extra_json or {}).items():
+            folder.write_json(name, obj)
         folder.write_json("summary.json", result.summary)
         folder.write_json("config.json", config)
         folder.write_text("summary.md", summary_markdown(title, config, result.summary))

@@ -78,7 +78,8 @@ def initial_prompts(keys: list[tuple[int, int]], seq_len: int, d_model: int, sca
 
 
 class ChunkCheckpoint:
-    """Where an optimisation chunk saves and finds its mid-run state; the default keeps nothing."""
+    """Where an optimisation chunk saves and finds its state (every `every` steps and when the chunk
+    ends); the default keeps nothing. A chunk loaded at its last step is not run again."""
 
     every: int = 0
 
@@ -144,7 +145,7 @@ def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoin
         cos_curve[:, step] = cos.detach().cpu()
         if progress:
             progress(1, float(cos_curve[:, step].median()))
-        if checkpoint.every and (step + 1) % checkpoint.every == 0 and step + 1 < cfg.steps:
+        if checkpoint.every and ((step + 1) % checkpoint.every == 0 or step + 1 == cfg.steps):
             checkpoint.save(chunk, {"soft": soft.detach().cpu(), "adam": opt.state_dict(),
                                     "loss_curve": loss_curve, "cos_curve": cos_curve, "step": step + 1})
     return soft.detach().cpu(), loss_curve, cos_curve
