@@ -1,0 +1,197 @@
+"""Experiment 1b: how far optimised soft prompts lie from the token embedding matrix.
+
+Computations run in float32 (the PCA eigendecomposition in float64) on the device of `soft`
+for nearest tokens and of `embeddings` for PCA, in row chunks so that no [N*T, V] similarity matrix is ever held whole. Results come back
+on the CPU.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+_CHUNK_BYTES = 64 * 2**20  # one [rows, V] float32 matrix per chunk; a few live at once (< 256 MB)
+DEFAULT_PCA_KS = (1, 10, 50, 100, 200, 300, 400, 500)
+
+
+def _vocabulary(embeddings: torch.Tensor, allowed_ids: torch.Tensor | None,
+                device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidate rows and their ids: ([V', d] float32 on device, [V'] long on device)."""
+    emb = embeddings.detach().to(device=device, dtype=torch.float32)  # [V, d]
+    if allowed_ids is None:
+        return emb, torch.arange(emb.shape[0], device=device)
+    ids = torch.as_tensor(allowed_ids, dtype=torch.long, device=device).flatten()
+    if ids.numel() == 0:
+        raise UserError("allowed_ids is empty: no token to compare against")
+    return emb[ids], ids
+
+
+def _check_dims(soft: torch.Tensor, embeddings: torch.Tensor) -> None:
+    if soft.dim() != 3 or embeddings.dim() != 2 or soft.shape[-1] != embeddings.shape[-1]:
+        raise UserError(f"expected soft [N, T, d] and embeddings [V, d], got {tuple(soft.shape)} and "
+                        f"{tuple(embeddings.shape)}")
+
+
+@torch.no_grad()
+def nearest_tokens(soft: torch.Tensor, embeddings: torch.Tensor, allowed_ids: torch.Tensor | None = None) -> dict:
+    """Nearest token embeddings of each soft vector.
+
+    soft: [N, T, d]; embeddings: [V, d]; allowed_ids: [V'] ids the search is restricted to
+    (None = every row). Returns CPU tensors, each [N, T]:
+      ids        - the allowed token with the highest cosine to the soft vector;
+      cos        - that highest cosine (neighbour by cosine);
+      l2         - Euclidean distance to the allowed token closest in L2 (neighbour by L2,
+                   which may differ from the neighbour by cosine), from ||x||^2 - 2 x.e + ||e||^2
+                   in float32: absolute error about 1e-3 * ||x||, so tiny distances read as ~0;
+      norm_ratio - ||soft|| / mean norm of the allowed token embeddings.
+    """
+    _check_dims(soft, embeddings)
+    n, t, d = soft.shape
+    x = soft.detach().float().reshape(n * t, d)  # [N*T, d]
+    emb, ids = _vocabulary(embeddings, allowed_ids, x.device)  # [V', d], [V']
+    emb_norm = emb.norm(dim=1)  # [V']
+    emb_sq = emb_norm**2  # [V']
+    x_norm = x.norm(dim=1)  # [N*T]
+    rows = max(1, _CHUNK_BYTES // (4 * emb.shape[0]))
+    best_ids, best_cos, best_l2 = [], [], []
+    for start in range(0, x.shape[0], rows):
+        xc, xn = x[start : start + rows], x_norm[start : start + rows]  # [c, d], [c]
+        dots = xc @ emb.T  # [c, V']
+        cos = dots / (xn[:, None] * emb_norm[None, :]).clamp_min(1e-12)  # [c, V']
+        c_val, c_idx = cos.max(dim=1)
+        del cos
+        sq = (emb_sq[None, :] - 2 * dots).min(dim=1).values + xn**2  # [c]; ||x - e||^2 at the L2 neighbour
+        best_ids.append(ids[c_idx])
+        best_cos.append(c_val)
+        best_l2.append(sq.clamp_min(0).sqrt())
+    return {
+        "ids": torch.cat(best_ids).view(n, t).cpu(),
+        "cos": torch.cat(best_cos).view(n, t).cpu(),
+        "l2": torch.cat(best_l2).view(n, t).cpu(),
+        "norm_ratio": (x_norm / emb_norm.mean().clamp_min(1e-12)).view(n, t).cpu(),
+    }
+
+
+@torch.no_grad()
+def project_to_tokens(soft: torch.Tensor, embeddings: torch.Tensor,
+                      allowed_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest-token projection by cosine: (ids [N, T], their embeddings [N, T, d]), on the CPU.
+
+    Feeding the ids (or the embeddings) back to the model and comparing the residual with the
+    target is the "projection test".
+    """
+    ids = nearest_tokens(soft, embeddings, allowed_ids)["ids"]  # [N, T]
+    return ids, embeddings.detach().float().cpu()[ids]
+
+
+@torch.no_grad()
+def principal_directions(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean [d] and principal directions [d, d] (columns, by decreasing variance) of rows [M, d].
+
+    The rows are mean-centred; the directions are the eigenvectors of their d x d scatter
+    matrix. Products run in float32 chunks summed in float64, the eigendecomposition in
+    float64 (V=49152, d=576: about a second on two cores). Both come back in float64.
+    """
+    mean = rows.detach().to(dtype=torch.float64).mean(0)  # [d]
+    mean32 = mean.float()
+    d = rows.shape[1]
+    step = max(1, _CHUNK_BYTES // (4 * d))
+    scatter = torch.zeros(d, d, dtype=torch.float64, device=rows.device)
+    for start in range(0, rows.shape[0], step):
+        c = rows[start : start + step].detach().float() - mean32  # [c, d]
+        scatter += (c.T @ c).double()
+    _, vecs = torch.linalg.eigh(scatter)  # ascending eigenvalues
+    return mean, vecs.flip(1)
+
+
+def _relative_errors(x: torch.Tensor, mean: torch.Tensor, directions: torch.Tensor, ks: list[int]) -> dict[int, float]:
+    """Mean over rows of ||x - x_k|| / ||x||, x_k = mean + P_k (x - mean), for rows x [M, d]."""
+    mean, directions = mean.float(), directions.float()
+    sums = {k: 0.0 for k in ks}
+    step = max(1, _CHUNK_BYTES // (4 * 4 * x.shape[1]))  # about four [step, d] float32 temporaries
+    for start in range(0, x.shape[0], step):
+        xc = x[start : start + step].detach().float()  # [c, d]
+        norm = xc.norm(dim=1).clamp_min(1e-30)  # [c]
+        coords = (xc - mean) @ directions  # [c, d], coordinates along every direction
+        # what the top k directions leave out is the part along the others: a tail sum, no cancellation
+        tail_sq = (coords**2).flip(1).cumsum(1).flip(1)  # [c, d]: tail_sq[:, j] = sum_{i >= j} coords_i^2
+        tail_sq = torch.cat([tail_sq, torch.zeros_like(tail_sq[:, :1])], dim=1)  # [c, d + 1]
+        for k in ks:
+            sums[k] += float((tail_sq[:, k].sqrt() / norm).sum())
+    return {k: sums[k] / x.shape[0] for k in ks}
+
+
+@torch.no_grad()
+def pca_reconstruction_error(soft: torch.Tensor, embeddings: torch.Tensor, ks: list[int]) -> dict:
+    """Relative error of reconstructing vectors from the top-k PCA directions of the embeddings.
+
+    The directions come from the mean-centred embedding matrix [V, d]; a vector x is
+    reconstructed as x_k = mu + P_k (x - mu) (mu = mean embedding, P_k = projector on the top k
+    directions) and the error is ||x - x_k|| / ||x||, averaged over vectors. Returned for the
+    soft vectors [N, T, d] and, as a reference, for the token embeddings themselves:
+    {"soft": {k: err}, "tokens": {k: err}}. k = d gives 0 (up to rounding).
+    """
+    _check_dims(soft, embeddings)
+    d = embeddings.shape[1]
+    ks = [int(k) for k in ks]
+    bad = [k for k in ks if not 0 <= k <= d]
+    if bad:
+        raise UserError(f"PCA ranks {bad} are outside 0..{d}")
+    mean, directions = principal_directions(embeddings)
+    x = soft.detach().to(device=embeddings.device).reshape(-1, d)  # [N*T, d]
+    return {
+        "soft": _relative_errors(x, mean, directions, ks),
+        "tokens": _relative_errors(embeddings, mean, directions, ks),
+    }
+
+
+def _decode(tokenizer, token_id: int) -> str:
+    try:
+        return tokenizer.decode([token_id])
+    except Exception:  # a tokenizer that cannot decode an id alone
+        return f"<{token_id}>"
+
+
+def _closeness_stats(cos: torch.Tensor, l2: torch.Tensor, soft_norm: torch.Tensor, token_norm: float) -> dict:
+    cos, l2, soft_norm = cos.flatten().numpy(), l2.flatten().numpy(), soft_norm.flatten().numpy()
+    return {
+        "cos_mean": float(cos.mean()),
+        "cos_median": float(np.median(cos)),
+        "share_cos_gt_0_9": float((cos > 0.9).mean()),
+        "l2_mean": float(l2.mean()),
+        "l2_median": float(np.median(l2)),
+        "soft_norm_mean": float(soft_norm.mean()),
+        "norm_ratio": float(soft_norm.mean() / max(token_norm, 1e-12)),
+    }
+
+
+@torch.no_grad()
+def manifold_summary(soft: torch.Tensor, embeddings: torch.Tensor, tokenizer, allowed_ids: torch.Tensor | None = None,
+                     ks=DEFAULT_PCA_KS, top: int = 20) -> dict:
+    """Exp 1b summary of soft vectors [N, T, d], JSON-ready (plain floats, ints and strings).
+
+    Nearest tokens by cosine, L2 distance to the nearest token by L2, norms (token norm = mean
+    over the allowed ids), the `top` most frequent nearest tokens decoded, and PCA
+    reconstruction errors for the ranks in `ks` that do not exceed d. With T > 1 the
+    closeness numbers are repeated without position 0 under "no_pos0".
+    """
+    _check_dims(soft, embeddings)
+    near = nearest_tokens(soft, embeddings, allowed_ids)
+    emb, _ = _vocabulary(embeddings, allowed_ids, torch.device("cpu"))
+    token_norm = float(emb.norm(dim=1).mean())
+    soft_norm = soft.detach().float().cpu().norm(dim=-1)  # [N, T]
+    out = {"n_vectors": int(soft.shape[0] * soft.shape[1]), "d_model": int(soft.shape[2]),
+           "token_norm_mean": token_norm,
+           **_closeness_stats(near["cos"], near["l2"], soft_norm, token_norm)}
+    if soft.shape[1] > 1:
+        out["no_pos0"] = _closeness_stats(near["cos"][:, 1:], near["l2"][:, 1:], soft_norm[:, 1:], token_norm)
+    counts = Counter(near["ids"].flatten().tolist()).most_common(top)
+    out["top_nearest_tokens"] = [{"id": int(i), "token": _decode(tokenizer, int(i)), "count": int(c)}
+                                 for i, c in counts]
+    ks = [int(k) for k in ks if 1 <= int(k) <= soft.shape[2]]
+    errors = pca_reconstruction_error(soft, embeddings, ks)
+    out["pca_error"] = {kind: {str(k): v for k, v in errs.items()} for kind, errs in errors.items()}
+    return out
