@@ -88,3 +88,20 @@ def test_non_finite_targets_are_refused(tiny_lm):
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(UserError):
         OptimConfig(**kwargs)
+
+
+def test_cosine_schedule_is_a_function_of_the_step():
+    cfg = OptimConfig(steps=11, lr=0.1, schedule="cosine", final_lr_frac=0.1)
+    assert cfg.lr_at(0) == pytest.approx(0.1) and cfg.lr_at(10) == pytest.approx(0.01)
+    assert cfg.lr_at(5) == pytest.approx(0.055)
+    assert OptimConfig(steps=11, lr=0.1).lr_at(7) == 0.1
+
+
+def test_bfloat16_compute_tracks_float32(tiny_lm):
+    target = _targets(tiny_lm, 4)
+    init = initial_prompts([(i, 0) for i in range(4)], 6, tiny_lm.d_model, 1.0, seed=0)
+    f32 = optimise(tiny_lm, 2, target, init, OptimConfig(steps=100, lr=0.05))
+    bf16 = optimise(tiny_lm, 2, target, init, OptimConfig(steps=100, lr=0.05, dtype="bfloat16"))
+    assert bf16.soft_prompt.dtype == torch.float32
+    assert abs(float(f32.cos_curve[:, -1].median() - bf16.cos_curve[:, -1].median())) < 0.02
+    assert tiny_lm.model.dtype == torch.float32  # the float32 model is untouched

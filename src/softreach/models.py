@@ -44,6 +44,17 @@ class LoadedModel:
     def embedding_matrix(self) -> torch.Tensor:  # [vocab, d_model]
         return self.model.get_input_embeddings().weight
 
+    def compute_model(self, dtype: str = "float32") -> torch.nn.Module:
+        """The model in a compute dtype: itself for float32, a cached frozen copy otherwise."""
+        if dtype == "float32":
+            return self.model
+        cache = self.__dict__.setdefault("_copies", {})
+        if dtype not in cache:
+            import copy
+
+            cache[dtype] = copy.deepcopy(self.model).to(getattr(torch, dtype)).eval().requires_grad_(False)
+        return cache[dtype]
+
     def default_layer(self) -> int:
         return self.n_layers // 2
 

@@ -37,6 +37,13 @@ class OptimConfig:
     """"none": raw MSE; "target": squared error divided by the target's mean square per position."""
     batch_size: int = 64
     """Problems per batched step; larger batches use the hardware better but need more memory."""
+    schedule: str = "constant"
+    """Learning-rate schedule: "constant", or "cosine" (from lr down to lr * final_lr_frac over the steps)."""
+    final_lr_frac: float = 0.0
+    """End of the cosine schedule, as a fraction of lr."""
+    dtype: str = "float32"
+    """Compute dtype of the forward/backward: "float32" or "bfloat16" (soft prompts, Adam and all
+    reported metrics stay float32)."""
 
     def __post_init__(self):
         if self.steps < 1:
@@ -49,11 +56,22 @@ class OptimConfig:
             raise UserError(f"--lr must be positive, got {self.lr}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise UserError(f"--dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise UserError(f"--schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.mse_norm not in ("none", "target"):
             raise UserError(f"--mse-norm must be 'none' or 'target', got {self.mse_norm!r}")
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate for step `step` (0-based); a pure function of the step, so resume is exact."""
+        if self.schedule == "constant" or self.steps == 1:
+            return self.lr
+        frac = step / (self.steps - 1)
+        return self.lr * (self.final_lr_frac + (1 - self.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 @dataclass
@@ -119,6 +137,7 @@ def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Ten
 
 def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoint, chunk):
     dev = lm.device
+    model, compute = lm.compute_model(cfg.dtype), getattr(torch, cfg.dtype)
     target = targets.to(dev, torch.float32)  # [B, T, d]
     soft = torch.nn.Parameter(init.to(dev, torch.float32).clone())  # [B, T, d]
     opt = torch.optim.Adam([soft], lr=cfg.lr)
@@ -134,12 +153,14 @@ def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoin
         if progress:
             progress(first, float(cos_curve[:, first - 1].median()) if first else float("nan"))
     for step in range(first, cfg.steps):
-        achieved = residual_at(lm.model, layer, inputs_embeds=soft, ablation=ablation)
+        achieved = residual_at(model, layer, inputs_embeds=soft.to(compute), ablation=ablation)
         loss, cos = reachability_loss(achieved.float(), target, cfg.mse_weight, cfg.skip_pos0, cfg.mse_norm)
         if not torch.isfinite(loss).all():
             raise UserError(f"loss became non-finite at step {step}; try a smaller --lr or --init-scale")
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(step)
         opt.step()
         loss_curve[:, step] = loss.detach().cpu()
         cos_curve[:, step] = cos.detach().cpu()
