@@ -247,6 +247,9 @@ class SuiteRunner:
         analysis = {"moment_windows": self.cfg.moment_windows, "check_samples": check.shape[0],
                     "max_jitter": float(jitter.max()), "positions_jittered": int((jitter > 0).sum()),
                     "mean_rel_error": float((check.mean(0) - mean).norm() / mean.norm()),
+                    # sample mean minus intended mean, in standard errors, worst over positions and dims
+                    "mean_max_abs_z": float(((check.mean(0) - mean) / (cov.diagonal(dim1=-2, dim2=-1).sqrt()
+                                                                       / check.shape[0] ** 0.5)).abs().max()),
                     "cov_rel_error": float((emp_cov - cov).norm() / cov.norm())}
         self.solve("exp2a", target, "exp2a", extra_json={"analysis.json": analysis})
 

@@ -1,0 +1,163 @@
+"""`softreach bench`: the engine against the log's method on the same problems and machine.
+
+Measures, in one process: the machine's matmul FLOP/s (float32, bfloat16), the baseline (one
+problem at a time through the full model), and the engine (all problems batched, forward stopped
+at the layer) in float32 and bfloat16. Reports problem-steps per second, the ratio to the
+baseline, achieved FLOP/s against the measured roof, and peak memory.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import time
+from dataclasses import replace
+
+import torch
+
+from .baseline import log_method_steps
+from .models import LoadedModel
+from .optimize import OptimConfig, initial_prompts, optimise
+from .residual import residual_at
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_roof(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 2.0) -> float:
+    """Sustained FLOP/s of an n x n matmul in `dtype` on `device`."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b  # warm-up
+    _sync(device)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+        _sync(device)
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def flops_per_problem_step(lm: LoadedModel, layer: int, seq_len: int, dtype: str = "float32") -> float:
+    """FLOPs of one engine step for one problem (forward to the layer, input-gradient backward), counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = lm.compute_model(dtype)
+    x = torch.randn(1, seq_len, lm.d_model, device=lm.device, dtype=getattr(torch, dtype), requires_grad=True)
+    with FlopCounterMode(display=False) as counter:
+        residual_at(model, layer, inputs_embeds=x).float().pow(2).sum().backward()
+    return float(counter.get_total_flops())
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # process peak RSS (Linux: KiB)
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def time_baseline(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Tensor, steps: int) -> float:
+    """Problem-steps per second of the log's method over the first few problems."""
+    log_method_steps(lm, layer, targets[:1], init[:1], 2)  # warm-up
+    _sync(lm.device)
+    start = time.perf_counter()
+    k = min(2, targets.shape[0])
+    for i in range(k):
+        log_method_steps(lm, layer, targets[i : i + 1], init[i : i + 1], steps)
+    _sync(lm.device)
+    return k * steps / (time.perf_counter() - start)
+
+
+def time_engine(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Tensor, cfg: OptimConfig) -> float:
+    """Problem-steps per second of the batched engine on all problems."""
+    optimise(lm, layer, targets[: cfg.batch_size], init[: cfg.batch_size], replace(cfg, steps=2))  # warm-up
+    _sync(lm.device)
+    start = time.perf_counter()
+    optimise(lm, layer, targets, init, cfg)
+    _sync(lm.device)
+    return targets.shape[0] * cfg.steps / (time.perf_counter() - start)
+
+
+def bench_workload(name: str, lm: LoadedModel, layer: int, problems: int, seq_len: int, steps: int,
+                   baseline_steps: int, batch_size: int, roofs: dict, log=print) -> dict:
+    """Baseline, engine float32 and engine bfloat16 on the same random targets."""
+    g = torch.Generator().manual_seed(0)
+    targets = torch.randn(problems, seq_len, lm.d_model, generator=g)  # [P, T, d]; speed does not depend on them
+    init = initial_prompts([(i, 0) for i in range(problems)], seq_len, lm.d_model, 1.0, seed=0)
+    rows = {}
+    _reset_peak(lm.device)
+    log(f"[{name}] baseline: the log's method, {baseline_steps} steps per problem ...")
+    rows["baseline (log's method)"] = {"problem_steps_per_s": time_baseline(lm, layer, targets, init, baseline_steps),
+                                       "dtype": "float32", "peak_memory_bytes": peak_memory_bytes(lm.device)}
+    for dtype in ("float32", "bfloat16"):
+        _reset_peak(lm.device)
+        log(f"[{name}] engine {dtype}: {problems} problems x {steps} steps, batch {batch_size} ...")
+        cfg = OptimConfig(steps=steps, batch_size=batch_size, dtype=dtype)
+        rate = time_engine(lm, layer, targets, init, cfg)
+        flops = flops_per_problem_step(lm, layer, seq_len, dtype)
+        rows[f"engine {dtype}"] = {"problem_steps_per_s": rate, "dtype": dtype,
+                                   "flops_per_problem_step": flops, "achieved_flops": rate * flops,
+                                   "roof_fraction": rate * flops / roofs[dtype],
+                                   "peak_memory_bytes": peak_memory_bytes(lm.device)}
+    base = rows["baseline (log's method)"]["problem_steps_per_s"]
+    for row in rows.values():
+        row["ratio_to_baseline"] = row["problem_steps_per_s"] / base
+    return {"workload": name, "layer": layer, "problems": problems, "seq_len": seq_len, "rows": rows}
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import os
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}"
+
+
+def format_table(result: dict) -> str:
+    lines = [f"machine: {result['machine']}",
+             f"matmul roof: float32 {result['roofs']['float32'] / 1e9:.0f} GFLOP/s, "
+             f"bfloat16 {result['roofs']['bfloat16'] / 1e9:.0f} GFLOP/s", ""]
+    for w in result["workloads"]:
+        lines += [f"{w['workload']} (layer {w['layer']}, {w['problems']} problems, T={w['seq_len']})",
+                  "| method | problem-steps/s | x baseline | GFLOP/s | of roof | peak memory |",
+                  "|---|---|---|---|---|---|"]
+        for name, r in w["rows"].items():
+            gf = f"{r['achieved_flops'] / 1e9:.0f}" if "achieved_flops" in r else "-"
+            roof = f"{100 * r['roof_fraction']:.0f}%" if "roof_fraction" in r else "-"
+            lines.append(f"| {name} | {r['problem_steps_per_s']:.1f} | {r['ratio_to_baseline']:.1f}x | {gf} | {roof} | "
+                         f"{r['peak_memory_bytes'] / 2**20:.0f} MiB |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, steps: int = 10,
+              baseline_steps: int = 5, batch_size: int = 64, json_out: str | None = None, log=print) -> dict:
+    from .models import load_model, pick_device
+    from .random_models import pythia_160m_shape, random_model
+
+    dev = pick_device(device)
+    log("measuring the matmul roof ...")
+    roofs = {"float32": matmul_roof(torch.float32, dev), "bfloat16": matmul_roof(torch.bfloat16, dev)}
+    result = {"machine": machine_description(dev), "device": str(dev), "roofs": roofs, "workloads": [],
+              "torch": torch.__version__, "threads": torch.get_num_threads()}
+    for name in workloads:
+        if name == "pythia":
+            lm = random_model("gpt_neox", device=str(dev), **pythia_160m_shape())
+            layer, label = 6, "Pythia-160M shape (random weights)"
+        else:
+            lm = load_model("smollm2-135m", str(dev))
+            layer, label = lm.default_layer(), "SmolLM2-135M (embedded)"
+        result["workloads"].append(bench_workload(label, lm, layer, problems, 20, steps, baseline_steps, batch_size,
+                                                  roofs, log))
+        del lm
+    if json_out:
+        from .store import atomic_write_text
+
+        atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
+    return result
