@@ -105,3 +105,19 @@ def test_bfloat16_compute_tracks_float32(tiny_lm):
     assert bf16.soft_prompt.dtype == torch.float32
     assert abs(float(f32.cos_curve[:, -1].median() - bf16.cos_curve[:, -1].median())) < 0.02
     assert tiny_lm.model.dtype == torch.float32  # the float32 model is untouched
+
+
+def test_a_memory_budget_smaller_than_the_batch_gives_the_same_results(tiny_lm):
+    from softreach.memory import batch_for_budget, problem_bytes
+
+    target = _targets(tiny_lm, 6)
+    init = initial_prompts([(i, 0) for i in range(6)], 6, tiny_lm.d_model, 1.0, seed=0)
+    per_problem = problem_bytes(tiny_lm, 2, 6)
+    budget_mb = 2.5 * per_problem / 2**20  # room for two problems at a time
+    assert batch_for_budget(tiny_lm, 2, 6, 64, int(budget_mb * 2**20)) == 2
+    seen = []
+    whole = optimise(tiny_lm, 2, target, init, OptimConfig(steps=10))
+    split = optimise(tiny_lm, 2, target, init, OptimConfig(steps=10, memory_budget_mb=budget_mb),
+                     progress=lambda n, _: seen.append(n))
+    assert set(seen) == {2} and sum(seen) == 60  # three chunks of two problems, 10 steps each
+    torch.testing.assert_close(whole.soft_prompt, split.soft_prompt, rtol=1e-3, atol=1e-4)

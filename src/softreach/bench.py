@@ -96,6 +96,11 @@ def bench_workload(name: str, lm: LoadedModel, layer: int, problems: int, seq_le
     rows["baseline (log's method)"] = {"problem_steps_per_s": time_baseline(lm, layer, targets, init, baseline_steps),
                                        "dtype": "float32", "peak_memory_bytes": peak_memory_bytes(lm.device)}
     for dtype in ("float32", "bfloat16"):
+        if dtype == "bfloat16" and roofs["bfloat16"] < roofs["float32"] / 2:
+            log(f"[{name}] engine bfloat16 skipped: bf16 matmul here runs at {roofs['bfloat16'] / 1e9:.1f} GFLOP/s, "
+                f"below float32 (no native bf16 on this processor)")
+            rows["engine bfloat16"] = {"skipped": "no fast bf16 matmul on this device", "dtype": dtype}
+            continue
         _reset_peak(lm.device)
         log(f"[{name}] engine {dtype}: {problems} problems x {steps} steps, batch {batch_size} ...")
         cfg = OptimConfig(steps=steps, batch_size=batch_size, dtype=dtype)
@@ -107,7 +112,8 @@ def bench_workload(name: str, lm: LoadedModel, layer: int, problems: int, seq_le
                                    "peak_memory_bytes": peak_memory_bytes(lm.device)}
     base = rows["baseline (log's method)"]["problem_steps_per_s"]
     for row in rows.values():
-        row["ratio_to_baseline"] = row["problem_steps_per_s"] / base
+        if "problem_steps_per_s" in row:
+            row["ratio_to_baseline"] = row["problem_steps_per_s"] / base
     return {"workload": name, "layer": layer, "problems": problems, "seq_len": seq_len, "rows": rows}
 
 
@@ -128,6 +134,9 @@ def format_table(result: dict) -> str:
                   "| method | problem-steps/s | x baseline | GFLOP/s | of roof | peak memory |",
                   "|---|---|---|---|---|---|"]
         for name, r in w["rows"].items():
+            if "skipped" in r:
+                lines.append(f"| {name} | skipped: {r['skipped']} | | | | |")
+                continue
             gf = f"{r['achieved_flops'] / 1e9:.0f}" if "achieved_flops" in r else "-"
             roof = f"{100 * r['roof_fraction']:.0f}%" if "roof_fraction" in r else "-"
             lines.append(f"| {name} | {r['problem_steps_per_s']:.1f} | {r['ratio_to_baseline']:.1f}x | {gf} | {roof} | "
@@ -161,3 +170,34 @@ def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, s
 
         atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
     return result
+
+
+def cmd_bench(a) -> int:
+    """CLI entry: `softreach bench`."""
+    import sys
+
+    workloads = [w.strip() for w in a.workloads.split(",") if w.strip()]
+    for w in workloads:
+        if w not in ("pythia", "smollm2"):
+            from .errors import UserError
+
+            raise UserError(f"unknown workload {w!r}: choose from pythia, smollm2")
+    result = run_bench(workloads, a.device, a.problems, a.steps, a.baseline_steps, a.batch_size, a.json,
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(format_table(result))
+    if a.json:
+        print(f"written {a.json}")
+    return 0
+
+
+def add_bench_parser(sub) -> None:
+    p = sub.add_parser("bench", help="measure the engine against the log's method on this machine")
+    p.add_argument("--workloads", default="pythia,smollm2", help="comma-separated: pythia (Pythia-160M shape, "
+                   "random weights, L=6), smollm2 (embedded model, middle layer)")
+    p.add_argument("--problems", type=int, default=150, help="problems per workload (default %(default)s)")
+    p.add_argument("--steps", type=int, default=10, help="engine steps timed (default %(default)s)")
+    p.add_argument("--baseline-steps", type=int, default=5, help="baseline steps timed per problem (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="engine batch (default %(default)s)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", default=None, help="also write the figures as JSON here")
+    p.set_defaults(func=cmd_bench)

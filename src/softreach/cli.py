@@ -31,6 +31,7 @@ OPTIM_FLAGS = {
     "--mse-weight": ("mse_weight", float, "weight of the MSE term in the loss"),
     "--mse-norm": ("mse_norm", str, "none, or target: squared error over the target's mean square per position"),
     "--batch-size": ("batch_size", int, "problems per batched step"),
+    "--memory-budget-mb": ("memory_budget_mb", float, "memory a batched step may use (MiB); the batch is split to fit"),
     "--schedule": ("schedule", str, "learning-rate schedule: constant or cosine"),
     "--dtype": ("dtype", str, "compute dtype: float32 or bfloat16 (metrics always float32)"),
 }
@@ -161,6 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="suite setting: steps.EXP=N, restarts.EXP=N, exp3_pairs, exp5_targets, moment_windows, ...")
     add_config_flags(suite)
     suite.set_defaults(func=cmd_suite)
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
     rep = sub.add_parser("report", help="write report.md and figures for a suite or result folder")
     rep.add_argument("run_dir")
     rep.set_defaults(func=cmd_report)

@@ -37,6 +37,8 @@ class OptimConfig:
     """"none": raw MSE; "target": squared error divided by the target's mean square per position."""
     batch_size: int = 64
     """Problems per batched step; larger batches use the hardware better but need more memory."""
+    memory_budget_mb: float | None = None
+    """Memory the batched step may use, in MiB; the batch is split to fit. None: half of what is free."""
     schedule: str = "constant"
     """Learning-rate schedule: "constant", or "cosine" (from lr down to lr * final_lr_frac over the steps)."""
     final_lr_frac: float = 0.0
@@ -54,6 +56,8 @@ class OptimConfig:
             raise UserError(f"--mse-weight must be a finite number >= 0, got {self.mse_weight}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.memory_budget_mb is not None and not self.memory_budget_mb > 0:
+            raise UserError(f"--memory-budget-mb must be positive, got {self.memory_budget_mb}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.dtype not in ("float32", "bfloat16"):
@@ -113,8 +117,8 @@ def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Ten
              checkpoint: ChunkCheckpoint | None = None) -> OptimResult:
     """Optimise soft prompts so the layer-`layer` residual matches `targets`.
 
-    targets, init: [P, T, d]. `progress(new_steps, median_cos)` is called after every step (and once
-    on resume with the steps already done), with the median cosine of the current batch.
+    targets, init: [P, T, d]. `progress(new_problem_steps, median_cos)` is called after every batched
+    step (and once on resume with the problem-steps already done), with the batch's median cosine.
     """
     import time
 
@@ -122,11 +126,15 @@ def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Ten
         raise UserError(f"targets {tuple(targets.shape)} and initial prompts {tuple(init.shape)} differ in shape")
     if not torch.isfinite(targets).all():
         raise UserError("targets contain non-finite values (nan or inf)")
+    from .memory import batch_for_budget
+
     checkpoint = checkpoint or ChunkCheckpoint()
+    budget = None if cfg.memory_budget_mb is None else int(cfg.memory_budget_mb * 2**20)
+    batch = batch_for_budget(lm, layer, targets.shape[1], cfg.batch_size, budget, cfg.dtype)
     start = time.perf_counter()
     prompts, losses, coses = [], [], []
-    for chunk, lo in enumerate(range(0, targets.shape[0], cfg.batch_size)):
-        hi = min(lo + cfg.batch_size, targets.shape[0])
+    for chunk, lo in enumerate(range(0, targets.shape[0], batch)):
+        hi = min(lo + batch, targets.shape[0])
         p, l, c = _optimise_chunk(lm, layer, targets[lo:hi], init[lo:hi], cfg, ablation, progress,
                                   checkpoint, chunk)
         prompts.append(p)
@@ -151,7 +159,7 @@ def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoin
         opt.load_state_dict(state["adam"])
         loss_curve, cos_curve, first = state["loss_curve"], state["cos_curve"], state["step"]
         if progress:
-            progress(first, float(cos_curve[:, first - 1].median()) if first else float("nan"))
+            progress(first * target.shape[0], float(cos_curve[:, first - 1].median()) if first else float("nan"))
     for step in range(first, cfg.steps):
         achieved = residual_at(model, layer, inputs_embeds=soft.to(compute), ablation=ablation)
         loss, cos = reachability_loss(achieved.float(), target, cfg.mse_weight, cfg.skip_pos0, cfg.mse_norm)
@@ -165,7 +173,7 @@ def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoin
         loss_curve[:, step] = loss.detach().cpu()
         cos_curve[:, step] = cos.detach().cpu()
         if progress:
-            progress(1, float(cos_curve[:, step].median()))
+            progress(target.shape[0], float(cos_curve[:, step].median()))
         if checkpoint.every and ((step + 1) % checkpoint.every == 0 or step + 1 == cfg.steps):
             checkpoint.save(chunk, {"soft": soft.detach().cpu(), "adam": opt.state_dict(),
                                     "loss_curve": loss_curve, "cos_curve": cos_curve, "step": step + 1})

@@ -8,11 +8,11 @@ from tqdm.auto import tqdm
 
 class StepBar:
     def __init__(self, total: int, label: str, enabled: bool = True):
-        self.bar = tqdm(total=total, desc=label, unit="step", disable=not enabled, file=sys.stderr,
+        self.bar = tqdm(total=total, desc=label, unit=" problem-steps", unit_scale=True, disable=not enabled, file=sys.stderr,
                         dynamic_ncols=True, mininterval=0.5)
 
-    def update(self, new_steps: int, median_cos: float) -> None:
-        self.bar.update(new_steps)
+    def update(self, new_problem_steps: int, median_cos: float) -> None:
+        self.bar.update(new_problem_steps)
         self.bar.set_postfix_str(f"median cos {median_cos:.4f}", refresh=False)
 
     def __enter__(self):

@@ -1,0 +1,38 @@
+"""The benchmark's machinery (not its timings): rows, ratios and FLOP counts on a tiny model."""
+import torch
+
+from softreach.baseline import log_method_steps
+from softreach.bench import bench_workload, flops_per_problem_step, format_table
+from softreach.optimize import OptimConfig, optimise
+
+
+def test_flops_per_problem_step_counts_forward_and_input_backward():
+    from softreach.random_models import random_model
+
+    lm = random_model("gpt2", d_model=32, n_layers=4, d_mlp=128)
+    t, d, layers = 10, 32, 2
+    # per block and token: qkv 3d^2, out d^2, mlp 2*d*4d -> 12 d^2 multiply-adds; forward + input backward = 2x
+    matmul = 2 * 2 * layers * t * 12 * d * d
+    counted = flops_per_problem_step(lm, layers, t)
+    assert matmul <= counted < 1.3 * matmul  # the rest is attention scores
+
+
+def test_baseline_follows_the_same_trajectory_as_the_engine(tiny_lm):
+    """The log's method (full forward, hidden_states[L]) and the engine optimise the same problem."""
+    target = torch.randn(1, 5, tiny_lm.d_model)
+    init = torch.randn(1, 5, tiny_lm.d_model)
+    a = log_method_steps(tiny_lm, 2, target, init, steps=15)
+    b = optimise(tiny_lm, 2, target, init, OptimConfig(steps=15)).soft_prompt
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bench_rows_and_table(tiny_lm):
+    roofs = {"float32": 1e10, "bfloat16": 1e9}  # bf16 slower than fp32: its row is skipped, as on AVX2 CPUs
+    w = bench_workload("tiny", tiny_lm, 2, problems=6, seq_len=8, steps=3, baseline_steps=2, batch_size=6,
+                       roofs=roofs, log=lambda _m: None)
+    rows = w["rows"]
+    assert rows["baseline (log's method)"]["ratio_to_baseline"] == 1.0
+    assert rows["engine float32"]["problem_steps_per_s"] > 0 and 0 < rows["engine float32"]["roof_fraction"]
+    assert "skipped" in rows["engine bfloat16"]
+    table = format_table({"machine": "test", "roofs": roofs, "workloads": [w]})
+    assert "| engine float32 |" in table and "skipped" in table
