@@ -99,6 +99,28 @@ def initial_prompts(keys: list[tuple[int, int]], seq_len: int, d_model: int, sca
     return out
 
 
+class InputParam:
+    """How the optimised parameter becomes the model's input vectors. The default: free vectors.
+
+    Constrained variants (norm bounds, penalties, token mixtures, projected steps) subclass it;
+    they must be deterministic functions of the parameter so that batching and resume stay exact.
+    """
+
+    def inputs(self, param: torch.Tensor) -> torch.Tensor:
+        """Parameter [B, T, ...] -> input vectors [B, T, d], differentiably."""
+        return param
+
+    def penalty(self, param: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor | None:
+        """An extra loss per problem [B], or None."""
+        return None
+
+    def after_step(self, param: torch.Tensor) -> None:
+        """Called under no_grad after each Adam step (e.g. a projection, in place)."""
+
+
+FREE = InputParam()
+
+
 class ChunkCheckpoint:
     """Where an optimisation chunk saves and finds its state (every `every` steps and when the chunk
     ends); the default keeps nothing. A chunk loaded at its last step is not run again."""
@@ -114,15 +136,17 @@ class ChunkCheckpoint:
 
 def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Tensor, cfg: OptimConfig,
              ablation: str = "none", progress: Callable[[int, float], None] | None = None,
-             checkpoint: ChunkCheckpoint | None = None) -> OptimResult:
+             checkpoint: ChunkCheckpoint | None = None, param: InputParam = FREE) -> OptimResult:
     """Optimise soft prompts so the layer-`layer` residual matches `targets`.
 
-    targets, init: [P, T, d]. `progress(new_problem_steps, median_cos)` is called after every batched
+    targets: [P, T, d]; init: [P, T, ...] the initial parameter (free vectors: [P, T, d]), mapped to
+    inputs by `param`. The result's soft_prompt holds the final input vectors [P, T, d] and, where
+    the parameter is not the inputs themselves, extra["param"] holds it. `progress(new_problem_steps, median_cos)` is called after every batched
     step (and once on resume with the problem-steps already done), with the batch's median cosine.
     """
     import time
 
-    if targets.shape != init.shape:
+    if targets.shape[:2] != init.shape[:2]:
         raise UserError(f"targets {tuple(targets.shape)} and initial prompts {tuple(init.shape)} differ in shape")
     if not torch.isfinite(targets).all():
         raise UserError("targets contain non-finite values (nan or inf)")
@@ -136,14 +160,21 @@ def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Ten
     for chunk, lo in enumerate(range(0, targets.shape[0], batch)):
         hi = min(lo + batch, targets.shape[0])
         p, l, c = _optimise_chunk(lm, layer, targets[lo:hi], init[lo:hi], cfg, ablation, progress,
-                                  checkpoint, chunk)
+                                  checkpoint, chunk, param)
         prompts.append(p)
         losses.append(l)
         coses.append(c)
-    return OptimResult(torch.cat(prompts), torch.cat(losses), torch.cat(coses), time.perf_counter() - start)
+    final = torch.cat(prompts)
+    if param is FREE:
+        return OptimResult(final, torch.cat(losses), torch.cat(coses), time.perf_counter() - start)
+    with torch.no_grad():
+        inputs = torch.cat([param.inputs(final[lo : lo + batch].to(lm.device)).float().cpu()
+                            for lo in range(0, final.shape[0], batch)])
+    return OptimResult(inputs, torch.cat(losses), torch.cat(coses), time.perf_counter() - start,
+                       extra={"param": final})
 
 
-def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoint, chunk):
+def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoint, chunk, param=FREE):
     dev = lm.device
     model, compute = lm.compute_model(cfg.dtype), getattr(torch, cfg.dtype)
     target = targets.to(dev, torch.float32)  # [B, T, d]
@@ -161,8 +192,12 @@ def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoin
         if progress:
             progress(first * target.shape[0], float(cos_curve[:, first - 1].median()) if first else float("nan"))
     for step in range(first, cfg.steps):
-        achieved = residual_at(model, layer, inputs_embeds=soft.to(compute), ablation=ablation)
+        inputs = param.inputs(soft)  # [B, T, d]
+        achieved = residual_at(model, layer, inputs_embeds=inputs.to(compute), ablation=ablation)
         loss, cos = reachability_loss(achieved.float(), target, cfg.mse_weight, cfg.skip_pos0, cfg.mse_norm)
+        extra = param.penalty(soft, inputs)
+        if extra is not None:
+            loss = loss + extra
         if not torch.isfinite(loss).all():
             raise UserError(f"loss became non-finite at step {step}; try a smaller --lr or --init-scale")
         opt.zero_grad(set_to_none=True)
@@ -170,6 +205,8 @@ def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoin
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(step)
         opt.step()
+        with torch.no_grad():
+            param.after_step(soft)
         loss_curve[:, step] = loss.detach().cpu()
         cos_curve[:, step] = cos.detach().cpu()
         if progress:
