@@ -176,3 +176,18 @@ def test_pca_corruption_follows_the_reference_distribution():
     pooled = ref.reshape(-1, 10)
     torch.testing.assert_close(out.reshape(-1, 10).mean(0), pooled.mean(0), atol=0.6, rtol=0)
     torch.testing.assert_close(out.reshape(-1, 10).var(0), pooled.var(0), rtol=0.15, atol=0)
+
+
+def test_per_position_pca_corruption_keeps_a_massive_position_0():
+    """With a huge, input-independent position 0 (as in SmolLM2), it must not take the top direction."""
+    g = torch.Generator().manual_seed(3)
+    m, t, d = 400, 4, 12
+    ref = torch.randn(m, t, d, generator=g)
+    ref[:, 0, 0] += 1000.0  # the massive activation: one direction, position 0 only
+    targets = ref[:5].clone()
+    out = corrupt_top_pca(targets, 0.25, ref, seed=1, per_position=True)
+    assert (out[:, 0, 0] > 900).all()  # position 0 keeps its massive coordinate
+    assert (out[:, 1:, 0].abs() < 100).all()  # and none leaks into other positions
+    pooled = corrupt_top_pca(targets, 0.25, ref, seed=1, per_position=False)
+    assert (pooled[:, 1:, 0].abs() > 100).any()  # the pooled variant does leak it
+    assert not torch.equal(out, targets)

@@ -285,7 +285,7 @@ class SuiteRunner:
         seed = self.cfg.run.seed
         variants = {
             "exp5_raw": lambda f, k: corrupt_raw_dimensions(base, f, sigma, seed + 51 + k),
-            "exp5_pca": lambda f, k: corrupt_top_pca(base, f, ref, seed + 71 + k),
+            "exp5_pca": lambda f, k: corrupt_top_pca(base, f, ref, seed + 71 + k, per_position=True),
         }
         for name, corrupt in variants.items():
             target = torch.cat([corrupt(f, k) for k, f in enumerate(EXP5_FRACTIONS)])

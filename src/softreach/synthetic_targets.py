@@ -145,7 +145,8 @@ def corrupt_raw_dimensions(targets: torch.Tensor, fraction: float, sigma_dim: to
 
 
 @torch.no_grad()
-def corrupt_top_pca(targets: torch.Tensor, fraction: float, reference: torch.Tensor, seed: int) -> torch.Tensor:
+def corrupt_top_pca(targets: torch.Tensor, fraction: float, reference: torch.Tensor, seed: int,
+                    per_position: bool = False) -> torch.Tensor:
     """Exp 5B: resample each target's coordinates along the top round(fraction * d) PCA directions.
 
     The directions are those of the reference residuals [M, T', d] pooled over positions
@@ -153,6 +154,10 @@ def corrupt_top_pca(targets: torch.Tensor, fraction: float, reference: torch.Ten
     target, position and replaced direction, the new coordinate is that of a uniformly drawn
     reference vector (drawn independently per direction), so each coordinate follows the
     reference's empirical marginal. Coordinates along the other directions are kept.
+
+    per_position=True (what the suite uses): the directions come from positions 1.. only, so a
+    massive position-0 activation (SmolLM2) cannot claim the top direction, and each new
+    coordinate is drawn from reference vectors at the same position (needs T <= T').
     """
     _check_3d("targets", targets)
     _check_3d("reference", reference)
@@ -162,14 +167,24 @@ def corrupt_top_pca(targets: torch.Tensor, fraction: float, reference: torch.Ten
     k = _n_replaced(fraction, d)
     if k == 0:
         return targets.detach().float().cpu().clone()
-    ref = reference.detach().to(device="cpu", dtype=torch.float64).reshape(-1, d)  # [R, d], R = M * T'
+    ref3 = reference.detach().to(device="cpu", dtype=torch.float64)  # [M, T', d]
+    if per_position and t > ref3.shape[1]:
+        raise UserError(f"per-position corruption needs reference windows of at least {t} positions")
+    basis = ref3[:, 1:] if per_position and ref3.shape[1] > 1 else ref3
+    ref = basis.reshape(-1, d)  # [R, d]
     if ref.shape[0] < 2:
         raise UserError("corrupt_top_pca needs at least 2 reference vectors")
     mu, directions = principal_directions(ref)  # [d], [d, d]
     top = directions[:, :k]  # [d, k]
-    ref_coords = (ref - mu) @ top  # [R, k]
     x = targets.detach().to(device="cpu", dtype=torch.float64).reshape(n * t, d)  # [N*T, d]
     old = (x - mu) @ top  # [N*T, k]
-    pick = torch.randint(0, ref.shape[0], (n * t, k), generator=_generator(seed))  # [N*T, k]
-    new = ref_coords[pick, torch.arange(k)]  # [N*T, k]
+    if per_position:
+        ref_coords = (ref3[:, :t] - mu) @ top  # [M, T, k]
+        pick = torch.randint(0, ref3.shape[0], (n, t, k), generator=_generator(seed))  # [N, T, k]
+        pos = torch.arange(t).view(1, t, 1).expand(n, t, k)
+        new = ref_coords[pick, pos, torch.arange(k).view(1, 1, k).expand(n, t, k)].reshape(n * t, k)
+    else:
+        ref_coords = (ref - mu) @ top  # [R, k]
+        pick = torch.randint(0, ref.shape[0], (n * t, k), generator=_generator(seed))  # [N*T, k]
+        new = ref_coords[pick, torch.arange(k)]  # [N*T, k]
     return (x + (new - old) @ top.T).view(n, t, d).float()
