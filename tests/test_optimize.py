@@ -121,3 +121,32 @@ def test_a_memory_budget_smaller_than_the_batch_gives_the_same_results(tiny_lm):
                      progress=lambda n, _: seen.append(n))
     assert set(seen) == {2} and sum(seen) == 60  # three chunks of two problems, 10 steps each
     torch.testing.assert_close(whole.soft_prompt, split.soft_prompt, rtol=1e-3, atol=1e-4)
+
+
+def test_pruned_restarts_leave_the_best_on_its_own_trajectory(tiny_lm):
+    target = _targets(tiny_lm, 2).repeat_interleave(3, dim=0)  # 2 targets x 3 restarts
+    init = initial_prompts([(i, r) for i in range(2) for r in range(3)], 6, tiny_lm.d_model, 1.0, seed=0)
+    full = optimise(tiny_lm, 2, target, init, OptimConfig(steps=20, lr=0.05), group=3)
+    pruned = optimise(tiny_lm, 2, target, init, OptimConfig(steps=20, lr=0.05, prune_after=6), group=3)
+    alive = ~torch.isnan(pruned.cos_curve[:, -1])
+    assert alive.view(2, 3).sum(1).tolist() == [1, 1]
+    best = full.loss_curve[:, 5].view(2, 3).argmin(1) + torch.tensor([0, 3])
+    assert alive.nonzero().flatten().tolist() == best.tolist()
+    torch.testing.assert_close(pruned.soft_prompt[best], full.soft_prompt[best], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(pruned.cos_curve[best], full.cos_curve[best], rtol=1e-4, atol=1e-5)
+    assert OptimConfig(steps=20, prune_after=6).problem_steps(2, 3) == 2 * (3 * 6 + 14)
+
+
+def test_resume_across_the_pruning_step_is_exact(tiny_lm):
+    cfg = OptimConfig(steps=20, lr=0.05, prune_after=7)
+    target = _targets(tiny_lm, 2).repeat_interleave(2, dim=0)
+    init = initial_prompts([(i, r) for i in range(2) for r in range(2)], 6, tiny_lm.d_model, 1.0, seed=0)
+    straight = optimise(tiny_lm, 2, target, init, cfg, group=2)
+    for stop in (5, 10):  # before and after the pruning step
+        ckpt = _MemoryCheckpoint(every=5, stop_after=stop)
+        with pytest.raises(KeyboardInterrupt):
+            optimise(tiny_lm, 2, target, init, cfg, checkpoint=ckpt, group=2)
+        ckpt.stop_after = None
+        resumed = optimise(tiny_lm, 2, target, init, cfg, checkpoint=ckpt, group=2)
+        torch.testing.assert_close(resumed.soft_prompt, straight.soft_prompt, rtol=0, atol=0)
+        torch.testing.assert_close(resumed.cos_curve, straight.cos_curve, rtol=0, atol=0, equal_nan=True)

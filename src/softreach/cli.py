@@ -31,6 +31,7 @@ OPTIM_FLAGS = {
     "--mse-weight": ("mse_weight", float, "weight of the MSE term in the loss"),
     "--mse-norm": ("mse_norm", str, "none, or target: squared error over the target's mean square per position"),
     "--batch-size": ("batch_size", int, "problems per batched step"),
+    "--prune-after": ("prune_after", int, "steps after which only the best restart of each target goes on (0: off)"),
     "--memory-budget-mb": ("memory_budget_mb", float, "memory a batched step may use (MiB); the batch is split to fit"),
     "--schedule": ("schedule", str, "learning-rate schedule: constant or cosine"),
     "--dtype": ("dtype", str, "compute dtype: float32 or bfloat16 (metrics always float32)"),

@@ -49,11 +49,12 @@ def solve_condition(lm: LoadedModel, layer: int, target: torch.Tensor, restarts:
     keys = [(i, r) for i in range(n) for r in range(restarts)]
     init = initial_prompts(keys, t, d, optim.init_scale, seed)  # [N*R, T, d]
     repeated = target.repeat_interleave(restarts, dim=0)  # [N*R, T, d]
-    res = optimise(lm, layer, repeated, init, optim, ablation, progress, checkpoint)
+    res = optimise(lm, layer, repeated, init, optim, ablation, progress, checkpoint, group=restarts)
     achieved = achieved_residuals(lm, res.soft_prompt, layer, ablation, optim.batch_size)
     m = problem_metrics(achieved, repeated, corpus_mean)
     cos = m["cos"].view(n, restarts)
-    best = cos.argmax(1)  # [N]
+    ran_to_end = ~torch.isnan(res.cos_curve[:, -1]).view(n, restarts)  # False for pruned restarts
+    best = torch.where(ran_to_end, cos, torch.full_like(cos, -torch.inf)).argmax(1)  # [N]
     rows_of_best = torch.arange(n) * restarts + best
     s = optim.steps
     at_80 = res.cos_curve[:, min(int(0.8 * s), s - 1)]  # cosine after 80% of the steps
@@ -68,7 +69,7 @@ def solve_condition(lm: LoadedModel, layer: int, target: torch.Tensor, restarts:
         rec["restart_spread"] = float(cos[i].max() - cos[i].min())
         rec["convergence_delta"] = float(convergence[i, best[i]])
         rec["final_loss"] = float(res.loss_curve[row, -1])
-    summary = summarise(problems, n * restarts * s, res.seconds)
+    summary = summarise(problems, optim.problem_steps(n, restarts), res.seconds)
     return ConditionResult(
         soft_prompt=res.soft_prompt[rows_of_best],
         target=target.float(),

@@ -81,7 +81,7 @@ def run_exp1(cfg: RunConfig, out: str | Path | None = None, overwrite: bool = Fa
     windows = tokenize_windows(lm, load_corpus_text(cfg.corpus), cfg.seq_len)
     tokens, target, window_idx = real_targets(lm, windows, layer, cfg.targets, cfg.seed)
     mu = mean_residual(lm, windows, layer, cfg.mean_windows, cfg.seed)
-    total = cfg.targets * cfg.restarts * cfg.optim.steps
+    total = cfg.optim.problem_steps(cfg.targets, cfg.restarts)
     with StepBar(total, "exp1", show_progress) as bar:
         result = solve_condition(lm, layer, target, cfg.restarts, cfg.optim, cfg.seed, mu, cfg.ablation,
                                  cfg.floor_draws, progress=bar.update)

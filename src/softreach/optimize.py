@@ -37,6 +37,8 @@ class OptimConfig:
     """"none": raw MSE; "target": squared error divided by the target's mean square per position."""
     batch_size: int = 64
     """Problems per batched step; larger batches use the hardware better but need more memory."""
+    prune_after: int = 0
+    """After this many steps only the best restart of each target goes on (0: all restarts run to the end)."""
     memory_budget_mb: float | None = None
     """Memory the batched step may use, in MiB; the batch is split to fit. None: half of what is free."""
     schedule: str = "constant"
@@ -56,6 +58,8 @@ class OptimConfig:
             raise UserError(f"--mse-weight must be a finite number >= 0, got {self.mse_weight}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"--lr must be positive, got {self.lr}")
+        if self.prune_after < 0:
+            raise UserError(f"--prune-after must be >= 0, got {self.prune_after}")
         if self.memory_budget_mb is not None and not self.memory_budget_mb > 0:
             raise UserError(f"--memory-budget-mb must be positive, got {self.memory_budget_mb}")
         if self.batch_size < 1:
@@ -69,6 +73,12 @@ class OptimConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def problem_steps(self, targets: int, restarts: int) -> int:
+        """Problem-steps that `targets` x `restarts` problems take, restart pruning included."""
+        if restarts > 1 and 0 < self.prune_after < self.steps:
+            return targets * (restarts * self.prune_after + self.steps - self.prune_after)
+        return targets * restarts * self.steps
 
     def lr_at(self, step: int) -> float:
         """Learning rate for step `step` (0-based); a pure function of the step, so resume is exact."""
@@ -136,7 +146,7 @@ class ChunkCheckpoint:
 
 def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Tensor, cfg: OptimConfig,
              ablation: str = "none", progress: Callable[[int, float], None] | None = None,
-             checkpoint: ChunkCheckpoint | None = None, param: InputParam = FREE) -> OptimResult:
+             checkpoint: ChunkCheckpoint | None = None, param: InputParam = FREE, group: int = 1) -> OptimResult:
     """Optimise soft prompts so the layer-`layer` residual matches `targets`.
 
     targets: [P, T, d]; init: [P, T, ...] the initial parameter (free vectors: [P, T, d]), mapped to
@@ -155,12 +165,13 @@ def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Ten
     checkpoint = checkpoint or ChunkCheckpoint()
     budget = None if cfg.memory_budget_mb is None else int(cfg.memory_budget_mb * 2**20)
     batch = batch_for_budget(lm, layer, targets.shape[1], cfg.batch_size, budget, cfg.dtype)
+    batch = max(group, batch // group * group)  # the restarts of one target stay in one batch
     start = time.perf_counter()
     prompts, losses, coses = [], [], []
     for chunk, lo in enumerate(range(0, targets.shape[0], batch)):
         hi = min(lo + batch, targets.shape[0])
         p, l, c = _optimise_chunk(lm, layer, targets[lo:hi], init[lo:hi], cfg, ablation, progress,
-                                  checkpoint, chunk, param)
+                                  checkpoint, chunk, param, group)
         prompts.append(p)
         losses.append(l)
         coses.append(c)
@@ -174,25 +185,39 @@ def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Ten
                        extra={"param": final})
 
 
-def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoint, chunk, param=FREE):
+def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoint, chunk, param=FREE, group=1):
+    """Optimise one batch of problems. Rows come in groups of `group` restarts of one target; with
+    cfg.prune_after, only the best (lowest-loss) row of each group continues past that step."""
     dev = lm.device
     model, compute = lm.compute_model(cfg.dtype), getattr(torch, cfg.dtype)
-    target = targets.to(dev, torch.float32)  # [B, T, d]
-    soft = torch.nn.Parameter(init.to(dev, torch.float32).clone())  # [B, T, d]
+    all_targets = targets.to(dev, torch.float32)  # [B, T, d]
+    rows = all_targets.shape[0]
+    final = init.to(dev, torch.float32).clone()  # [B, T, ...] the last state of every row
+    alive = torch.arange(rows)  # rows still optimised
+    loss_curve = torch.full((rows, cfg.steps), float("nan"))
+    cos_curve = torch.full((rows, cfg.steps), float("nan"))
+    soft = torch.nn.Parameter(final.clone())
     opt = torch.optim.Adam([soft], lr=cfg.lr)
-    loss_curve = torch.zeros(target.shape[0], cfg.steps)
-    cos_curve = torch.zeros(target.shape[0], cfg.steps)
     first = 0
     state = checkpoint.load(chunk)
     if state is not None:
-        with torch.no_grad():
-            soft.copy_(state["soft"].to(dev))
+        final, alive = state["final"].to(dev), state["alive"]
+        soft = torch.nn.Parameter(state["soft"].to(dev))
+        opt = torch.optim.Adam([soft], lr=cfg.lr)
         opt.load_state_dict(state["adam"])
         loss_curve, cos_curve, first = state["loss_curve"], state["cos_curve"], state["step"]
         if progress:
-            progress(first * target.shape[0], float(cos_curve[:, first - 1].median()) if first else float("nan"))
+            done = int((~torch.isnan(cos_curve[:, :first])).sum())
+            progress(done, float(cos_curve[alive, first - 1].median()) if first else float("nan"))
+    prune_at = cfg.prune_after if group > 1 and 0 < cfg.prune_after < cfg.steps else None
     for step in range(first, cfg.steps):
-        inputs = param.inputs(soft)  # [B, T, d]
+        if step == prune_at and len(alive) == rows:
+            best = loss_curve[:, step - 1].view(-1, group).argmin(1) + torch.arange(0, rows, group)  # [B / group]
+            final[alive] = soft.detach()
+            soft, opt = _keep_rows(soft, opt, best, cfg.lr)
+            alive = best
+        target = all_targets[alive.to(dev)] if len(alive) < rows else all_targets
+        inputs = param.inputs(soft)  # [B', T, d]
         achieved = residual_at(model, layer, inputs_embeds=inputs.to(compute), ablation=ablation)
         loss, cos = reachability_loss(achieved.float(), target, cfg.mse_weight, cfg.skip_pos0, cfg.mse_norm)
         extra = param.penalty(soft, inputs)
@@ -202,16 +227,29 @@ def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoin
             raise UserError(f"loss became non-finite at step {step}; try a smaller --lr or --init-scale")
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(step)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr_at(step)
         opt.step()
         with torch.no_grad():
             param.after_step(soft)
-        loss_curve[:, step] = loss.detach().cpu()
-        cos_curve[:, step] = cos.detach().cpu()
+        loss_curve[alive, step] = loss.detach().cpu()
+        cos_curve[alive, step] = cos.detach().cpu()
         if progress:
-            progress(target.shape[0], float(cos_curve[:, step].median()))
+            progress(len(alive), float(cos.detach().median()))
         if checkpoint.every and ((step + 1) % checkpoint.every == 0 or step + 1 == cfg.steps):
-            checkpoint.save(chunk, {"soft": soft.detach().cpu(), "adam": opt.state_dict(),
-                                    "loss_curve": loss_curve, "cos_curve": cos_curve, "step": step + 1})
-    return soft.detach().cpu(), loss_curve, cos_curve
+            checkpoint.save(chunk, {"soft": soft.detach().cpu(), "adam": opt.state_dict(), "final": final.cpu(),
+                                    "alive": alive, "loss_curve": loss_curve, "cos_curve": cos_curve,
+                                    "step": step + 1})
+    final[alive.to(dev)] = soft.detach()
+    return final.cpu(), loss_curve, cos_curve
+
+
+def _keep_rows(soft: torch.nn.Parameter, opt: torch.optim.Adam, keep: torch.Tensor, lr: float):
+    """A new parameter and Adam holding only rows `keep`, with their moments and step count intact."""
+    old = opt.state[soft]
+    kept = torch.nn.Parameter(soft.detach()[keep.to(soft.device)].clone())
+    new_opt = torch.optim.Adam([kept], lr=lr)
+    idx = keep.to(soft.device)
+    new_opt.state[kept] = {"step": old["step"].clone(), "exp_avg": old["exp_avg"][idx].clone(),
+                           "exp_avg_sq": old["exp_avg_sq"][idx].clone()}
+    return kept, new_opt

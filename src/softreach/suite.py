@@ -131,7 +131,7 @@ class SuiteRunner:
         optim = dataclasses.replace(run.optim, steps=self.cfg.steps_for(experiment))
         restarts = self.cfg.restarts_for(experiment)
         ckpt = FileCheckpoint(self.out / ".checkpoints" / name, self.cfg.checkpoint_every)
-        total = target.shape[0] * restarts * optim.steps
+        total = optim.problem_steps(target.shape[0], restarts)
         with StepBar(total, self._label(name), self.show_progress) as bar:
             result = solve_condition(self.lm, self.layer, target, restarts, optim, run.seed, self.mu, ablation,
                                      run.floor_draws, progress=bar.update, checkpoint=ckpt)
