@@ -3,7 +3,7 @@ import torch
 
 from softreach.baseline import log_method_steps
 from softreach.bench import bench_workload, flops_per_problem_step, format_table
-from softreach.optimize import OptimConfig, optimise
+from softreach.optimize import LOG_OPTIM, OptimConfig, optimise
 
 
 def test_flops_per_problem_step_counts_forward_and_input_backward():
@@ -22,7 +22,7 @@ def test_baseline_follows_the_same_trajectory_as_the_engine(tiny_lm):
     target = torch.randn(1, 5, tiny_lm.d_model)
     init = torch.randn(1, 5, tiny_lm.d_model)
     a = log_method_steps(tiny_lm, 2, target, init, steps=15)
-    b = optimise(tiny_lm, 2, target, init, OptimConfig(steps=15)).soft_prompt
+    b = optimise(tiny_lm, 2, target, init, OptimConfig(**{**LOG_OPTIM, "steps": 15})).soft_prompt
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 

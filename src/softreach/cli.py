@@ -41,7 +41,8 @@ OPTIM_FLAGS = {
 def add_config_flags(p: argparse.ArgumentParser) -> None:
     for flag, (_, typ, text) in {**RUN_FLAGS, **OPTIM_FLAGS}.items():
         p.add_argument(flag, type=typ, default=None, help=text)
-    p.add_argument("--skip-pos0", action="store_true", default=None, help="leave position 0 out of the loss")
+    p.add_argument("--skip-pos0", action=argparse.BooleanOptionalAction, default=None,
+                   help="leave position 0 out of the loss (default: on; the seed preset: off)")
     p.add_argument("--out", required=True, help="folder to create (or resume, for suites)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -51,8 +52,8 @@ def overrides(a: argparse.Namespace) -> tuple[dict, dict]:
     """The run and optimiser settings given on the command line (unset flags are absent)."""
     run = {f: getattr(a, f) for f, _, _ in RUN_FLAGS.values() if getattr(a, f) is not None}
     optim = {f: getattr(a, f) for f, _, _ in OPTIM_FLAGS.values() if getattr(a, f) is not None}
-    if a.skip_pos0:
-        optim["skip_pos0"] = True
+    if a.skip_pos0 is not None:
+        optim["skip_pos0"] = a.skip_pos0
     return run, optim
 
 
@@ -98,8 +99,10 @@ def cmd_run(a: argparse.Namespace) -> int:
     run, optim = overrides(a)
     if a.experiment == "exp1":
         from .exp1 import run_exp1
+        from .presets import preset
 
-        cfg = RunConfig(**run, optim=OptimConfig(**optim))
+        base = preset(a.preset)["run"] if a.preset else {}
+        cfg = RunConfig(**{**base, **run, "optim": OptimConfig(**{**base.get("optim", {}), **optim})})
         result, config = run_exp1(cfg, out=a.out, overwrite=a.overwrite, show_progress=not a.no_progress)
         m = config["model"]
         print_summary(f"exp1 on {m['source']}" + (f" ({m['gguf_file']})" if m["gguf_file"] else "")
@@ -110,7 +113,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     sets = parse_sets(a.set)
     sets["experiments"] = ("exp1", a.experiment) if a.experiment in NEEDS_EXP1 else (a.experiment,)
-    return _run_suite(build_suite_config(None, run, optim, sets), a)
+    return _run_suite(build_suite_config(a.preset, run, optim, sets), a)
 
 
 def cmd_suite(a: argparse.Namespace) -> int:
@@ -153,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one experiment (exp1 writes a result folder; others a run folder)")
     run.add_argument("experiment", choices=EXPERIMENTS)
+    run.add_argument("--preset", default=None, choices=["seed", "quick"],
+                     help="start from a preset's settings (seed: the log's protocol); default: the tuned defaults")
     add_config_flags(run)
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="suite setting, e.g. exp3_pairs=4")
     run.set_defaults(func=cmd_run)

@@ -19,29 +19,35 @@ from .models import LoadedModel
 from .residual import residual_at
 
 
+# The research log's optimiser, kept for replication (`--preset seed`).
+LOG_OPTIM = dict(steps=1000, lr=0.01, init_scale=1.0, mse_weight=0.01, skip_pos0=False, mse_norm="none",
+                 schedule="constant", prune_after=0)
+
+
 @dataclass
 class OptimConfig:
-    """How each soft prompt is optimised (defaults follow the research log)."""
+    """How each soft prompt is optimised. The defaults are the fastest settings measured on SmolLM2
+    (see README, "Speed"); LOG_OPTIM holds the research log's settings."""
 
-    steps: int = 1000
+    steps: int = 200
     """Adam steps per problem."""
-    lr: float = 0.01
-    """Adam learning rate."""
+    lr: float = 0.1
+    """Adam learning rate (peak, with the cosine schedule)."""
     init_scale: float = 1.0
     """Soft prompts start as init_scale * N(0, 1)."""
-    mse_weight: float = 0.01
-    """Weight of the MSE term beside the mean (1 - cos)."""
-    skip_pos0: bool = False
+    mse_weight: float = 0.0
+    """Weight of the MSE term beside the mean (1 - cos); the log used 0.01."""
+    skip_pos0: bool = True
     """Leave position 0 out of the loss (metrics still report it both ways)."""
     mse_norm: str = "none"
     """"none": raw MSE; "target": squared error divided by the target's mean square per position."""
     batch_size: int = 64
     """Problems per batched step; larger batches use the hardware better but need more memory."""
-    prune_after: int = 0
+    prune_after: int = 40
     """After this many steps only the best restart of each target goes on (0: all restarts run to the end)."""
     memory_budget_mb: float | None = None
     """Memory the batched step may use, in MiB; the batch is split to fit. None: half of what is free."""
-    schedule: str = "constant"
+    schedule: str = "cosine"
     """Learning-rate schedule: "constant", or "cosine" (from lr down to lr * final_lr_frac over the steps)."""
     final_lr_frac: float = 0.0
     """End of the cosine schedule, as a fraction of lr."""

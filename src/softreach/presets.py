@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, fields
 
 from .config import RunConfig
 from .errors import UserError
-from .optimize import OptimConfig
+from .optimize import LOG_OPTIM, OptimConfig
 
 ORDER = ("exp1", "exp1b", "exp4", "exp2a", "exp2b", "exp3", "exp5")  # the log's order
 OPTIMISED = ("exp1", "exp4", "exp2a", "exp2b", "exp3", "exp5")
@@ -63,15 +63,14 @@ class SuiteConfig:
 
 # The log's protocol: 50 targets, 3 restarts, 1000 / 2000 / 3000 steps, T=20, Adam lr 0.01, N(0,1).
 SEED = dict(
-    run=dict(targets=50, restarts=3, seq_len=20, optim=dict(steps=1000, lr=0.01, init_scale=1.0)),
+    run=dict(targets=50, restarts=3, seq_len=20, optim=dict(LOG_OPTIM)),
     steps={"exp2a": 2000, "exp2b": 3000},
     exp3_pairs=10, exp5_targets=10, moment_windows=1000, checkpoint_every=100,
 )
 
-# All experiments at reduced size, tuned optimiser (issue 4's search), ~15 minutes on 2 CPU cores.
+# All experiments at reduced size with the tuned optimiser (the defaults), ~15 minutes on 2 CPU cores.
 QUICK = dict(
-    run=dict(targets=6, restarts=2, seq_len=20,
-             optim=dict(steps=200, lr=0.05, init_scale=1.0, skip_pos0=True, mse_norm="target")),
+    run=dict(targets=6, restarts=2, seq_len=20, optim=dict(steps=200)),
     restarts={"exp4": 1, "exp2a": 1, "exp2b": 1, "exp3": 1, "exp5": 1},
     exp3_pairs=2, exp5_targets=2, moment_windows=1000, checkpoint_every=25, trajectory_problems=3,
 )

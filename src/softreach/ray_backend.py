@@ -27,20 +27,20 @@ FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACH
 class CellWorker:
     """Body of a Ray actor: runs cells, keeping the last model it loaded."""
 
-    def __init__(self, torch_threads: int | None = None, crash_marker: str | None = None):
+    def __init__(self, torch_threads: int | None = None, crash: dict | None = None):
         import torch
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.crash_marker = crash_marker  # tests only: the first cell anywhere kills its actor once
+        self.crash = crash  # tests only: {"cell": slug, "times": K, "marker": path prefix}
         self.key, self.lm = None, None
 
     def run_cell(self, cfg, folder: str) -> float:
         from .models import load_model
         from .sweep import run_cell
 
-        if self.crash_marker and _claim(self.crash_marker):
-            os._exit(1)  # a worker lost mid-sweep, as a node failure or OOM kill would look
+        if self.crash and Path(folder).name == self.crash["cell"] and _claim(self.crash):
+            os._exit(1)  # a worker lost mid-cell, as an OOM kill or a lost node would look
         key = (cfg.run.model, cfg.run.device)
         if key != self.key:
             self.lm = None  # free the previous model first
@@ -48,13 +48,15 @@ class CellWorker:
         return run_cell(cfg, folder, self.lm, show_progress=False)
 
 
-def _claim(marker: str) -> bool:
-    """Create `marker` if absent; True for the one caller that created it."""
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        return True
-    except FileExistsError:
-        return False
+def _claim(crash: dict) -> bool:
+    """True for the first `times` calls across all processes (each creates one marker file)."""
+    for k in range(crash["times"]):
+        try:
+            os.close(os.open(f"{crash['marker']}.{k}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            continue
+    return False
 
 
 def _import_ray():
@@ -67,7 +69,7 @@ def _import_ray():
 
 def run_ray(out: Path, cells: list, address: str | None = None, workers: int | None = None,
             show_progress: bool = True, max_restarts: int = 3, cell_retries: int = 2,
-            torch_threads: int | None = None, crash_marker: str | None = None) -> None:
+            torch_threads: int | None = None, crash: dict | None = None) -> None:
     """Run `cells` (sweep.Cell) into `out` on a Ray cluster (joined at `address`, else local or already initialised)."""
     ray = _import_ray()
     from tqdm.auto import tqdm
@@ -86,7 +88,10 @@ def run_ray(out: Path, cells: list, address: str | None = None, workers: int | N
         gpus = int(resources.get("GPU", 0))
         use_gpu = gpus > 0 and all(c.config.run.device != "cpu" for c in cells)
         slots = gpus if use_gpu else max(1, int(resources.get("CPU", 1)))
-        n = min(workers or slots, len(cells))
+        if workers and workers > slots:  # an actor that never gets its resources would hold its cell forever
+            print(f"softreach: the cluster has {slots} {'GPU' if use_gpu else 'CPU'} slots; "
+                  f"starting {slots} workers, not {workers}", file=sys.stderr)
+        n = min(workers or slots, slots, len(cells))
         options = {"num_cpus": 1, "num_gpus": 1 if use_gpu else 0,
                    "max_restarts": max_restarts, "max_task_retries": max_restarts}
         env = {k: os.environ[k] for k in FORWARD_ENV if k in os.environ}
@@ -96,7 +101,7 @@ def run_ray(out: Path, cells: list, address: str | None = None, workers: int | N
         threads = torch_threads or (None if use_gpu else 1)
 
         def new_actor():
-            return Worker.remote(threads, crash_marker)
+            return Worker.remote(threads, crash)
 
         actors = [new_actor() for _ in range(n)]
         held = [None] * n  # model key each actor holds (as far as the driver knows)

@@ -266,16 +266,16 @@ def _parse_grid(raw, n_layers_of) -> Sweep:
     for combo in _combos(axes):
         _suite_config(preset, overrides, experiments, combo, model=models[0], layer=1)
     slugs = model_slugs(models)
-    layers_by_model, cells = {}, []
+    n_layers, layers_by_model, cells = {}, {}, []
     for model in models:
-        n = n_layers_of(model)
+        n = n_layers[model] = n_layers_of(model)
         layers_by_model[model] = resolve_layers(raw["layers"], n, model)
         for layer in layers_by_model[model]:
             for combo in _combos(axes):
                 cfg = _suite_config(preset, overrides, experiments, combo, model, layer)
                 cells.append(Cell(cell_slug(slugs[model], layer, combo), model, layer, combo, cfg))
-    grid = {"models": models, "layers": raw["layers"], "layers_by_model": layers_by_model, "preset": preset,
-            "experiments": experiments, "overrides": overrides, "grid": axes}
+    grid = {"models": models, "n_layers": n_layers, "layers": raw["layers"], "layers_by_model": layers_by_model,
+            "preset": preset, "experiments": experiments, "overrides": overrides, "grid": axes}
     return Sweep(grid, cells)
 
 
@@ -286,9 +286,17 @@ def _combos(axes: dict) -> list[dict]:
 
 
 def _suite_config(preset, overrides, experiments, combo, model, layer) -> SuiteConfig:
+    from dataclasses import fields
+
+    from .config import RunConfig
+
     groups = copy.deepcopy(overrides)
     for key, value in combo.items():
         _set_path(groups, key, value)
+    run_fields = {f.name for f in fields(RunConfig)} - {"optim"}
+    unknown = sorted(set(groups["run"]) - run_fields)
+    if unknown:
+        raise UserError(f"unknown run setting {unknown[0]!r}: choose from {', '.join(sorted(run_fields))}")
     groups["run"].update(model=model, layer=layer)
     if experiments is not None:
         groups["suite"]["experiments"] = list(experiments)
@@ -309,15 +317,17 @@ def cell_dir(out: Path, cell: Cell) -> Path:
     return Path(out) / "cells" / cell.slug
 
 
-def expected_folders(cfg: SuiteConfig) -> list[str]:
-    """Result folders a finished suite of this config holds."""
-    return [n for e in cfg.experiments for n in EXPAND.get(e, (e,))]
+def expected_files(cfg: SuiteConfig) -> list[str]:
+    """Files a finished suite of this config holds: each result folder's problems.jsonl (written last)."""
+    files = ["suite.json"] + [f"{n}/problems.jsonl" for e in cfg.experiments for n in EXPAND.get(e, (e,))]
+    if "exp4" in cfg.experiments and {"exp1", "exp1b"} & set(cfg.experiments):  # exp1 exists when exp4 ends
+        files.append("exp4_analysis.json")
+    return files
 
 
 def cell_complete(out: Path, cell: Cell) -> bool:
     folder = cell_dir(out, cell)
-    return (folder / "suite.json").is_file() and all(
-        (folder / n / "problems.jsonl").is_file() for n in expected_folders(cell.config))
+    return all((folder / f).is_file() for f in expected_files(cell.config))
 
 
 def prepare_sweep_folder(out: Path, sweep: Sweep) -> bool:
@@ -421,13 +431,13 @@ def problem_steps(cfg: SuiteConfig) -> int:
     return sum(targets[e] * cfg.restarts_for(e) * cfg.steps_for(e) for e in names if e in targets)
 
 
-def plan(sweep: Sweep, n_layers_of=model_n_layers, rate: float | None = None) -> list[dict]:
+def plan(sweep: Sweep, rate: float | None = None) -> list[dict]:
     """Per cell: problem-steps and, given `rate` (problem-steps/s at full depth), estimated seconds.
 
     Cost model: a step runs the model up to layer L only, so a cell at layer L of an n-layer model
     costs problem_steps * (L / n) / rate seconds.
     """
-    n_layers = {m: n_layers_of(m) for m in sweep.grid["models"]}
+    n_layers = sweep.grid["n_layers"]
     rows = []
     for c in sweep.cells:
         ps = problem_steps(c.config)
@@ -534,9 +544,10 @@ def _label(model: str) -> str:
 
 def plot_by_layer(df, conditions: list[str] | None, path, title: str, floor: bool = True) -> Path:
     """Median cosine (top row) and median cosine minus the floor (bottom row) against layer, a column per model."""
-    from .plots import _cosine_axis, _save
-
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from .plots import _cosine_axis, _save
 
     models = list(dict.fromkeys(df["model"]))
     sub = df if conditions is None else df[df["condition"].isin(conditions)]
@@ -563,6 +574,7 @@ def plot_by_layer(df, conditions: list[str] | None, path, title: str, floor: boo
         bottom.set_ylabel("median cos − floor")
         for ax in (top, bottom):
             ax.set_xlabel("layer L")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         top.legend(fontsize=7)
     fig.suptitle(title)

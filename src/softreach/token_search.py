@@ -1,0 +1,154 @@
+"""GCG-style discrete token search: which real token sequence gets the layer-L residual closest to a target?
+
+One target at a time. Each iteration:
+  1. a gradient pass: the loss's gradient w.r.t. one-hot indicators over the ordinary tokens [T, V'];
+  2. the top_k tokens per position with the most negative gradient are the candidates there;
+  3. `candidates` random single-token swaps of the current sequence (a random position, one of its
+     top_k tokens) are evaluated by ordinary forwards from input_ids, in batches fitted to memory;
+  4. the best candidate replaces the current sequence only if its loss is lower (greedy, so the
+     result is never worse than the start).
+The budget is in forward passes per target: the start's evaluation, each gradient pass and each
+candidate count one; the search stops before it would exceed the budget.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import UserError
+from .memory import available_bytes, problem_bytes
+from .metrics import reachability_loss
+from .models import LoadedModel
+from .optimize import OptimConfig
+from .residual import residual_at
+
+
+@dataclass
+class GCGConfig:
+    """How the discrete search runs."""
+
+    budget: int = 256
+    """Forward passes per target (start evaluation + gradient passes + every candidate)."""
+    top_k: int = 64
+    """Candidate tokens per position, by the one-hot gradient."""
+    candidates: int = 64
+    """Single-swap candidates per iteration."""
+    memory_budget_mb: float | None = None
+    """Memory one candidate batch may use, in MiB; None: half of what is free."""
+
+    def __post_init__(self):
+        if self.budget < 2:
+            raise UserError(f"GCG budget must be at least 2 forward passes, got {self.budget}")
+        if self.top_k < 1 or self.candidates < 1:
+            raise UserError("GCG top_k and candidates must be at least 1")
+
+
+@dataclass
+class GCGResult:
+    ids: torch.Tensor  # [N, T] best token ids per target
+    loss: list[float]  # their loss (from the ordinary forward of the ids)
+    cos: list[float]  # their mean cosine over positions
+    start_loss: list[float]
+    forward_passes: list[int]  # per target, exactly as counted
+    seconds: list[float]  # per target
+    iterations: list[int]
+    accepted: list[int]  # iterations whose best candidate improved the loss
+    candidate_batch: int  # candidates per forward batch, after the memory fit
+    loss_curve: list[list[float]] = field(default_factory=list)  # per target: loss after each iteration
+
+
+def candidate_batch_size(lm: LoadedModel, layer: int, seq_len: int, requested: int,
+                         memory_budget_mb: float | None) -> int:
+    """Candidates per forward batch that fit the memory budget (the engine's per-problem estimate)."""
+    budget = int(memory_budget_mb * 2**20) if memory_budget_mb is not None else available_bytes(lm.device) // 2
+    return max(1, min(requested, budget // problem_bytes(lm, layer, seq_len)))
+
+
+@torch.no_grad()
+def evaluate_ids(lm: LoadedModel, layer: int, ids: torch.Tensor, target: torch.Tensor, optim: OptimConfig,
+                 batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and mean cosine of token sequences ids [C, T] against one target [T, d]: ([C], [C]) on CPU."""
+    losses, coses = [], []
+    for lo in range(0, ids.shape[0], batch):
+        chunk = ids[lo : lo + batch].to(lm.device)  # [c, T]
+        h = residual_at(lm.model, layer, input_ids=chunk).float()  # [c, T, d]
+        tgt = target.to(h.device).float().expand_as(h)
+        loss, cos = reachability_loss(h, tgt, optim.mse_weight, optim.skip_pos0, optim.mse_norm)
+        losses.append(loss.cpu())
+        coses.append(cos.cpu())
+    return torch.cat(losses), torch.cat(coses)
+
+
+def token_gradient(lm: LoadedModel, layer: int, rows: torch.Tensor, target: torch.Tensor, optim: OptimConfig,
+                   emb: torch.Tensor) -> torch.Tensor:
+    """Gradient of the loss w.r.t. one-hot indicators over the table rows: rows [T] -> [T, V'].
+
+    rows index the token table `emb` [V', d]; the forward sees one_hot @ emb = the tokens' embeddings.
+    """
+    one_hot = torch.zeros(1, rows.numel(), emb.shape[0], device=emb.device)  # [1, T, V']
+    one_hot[0, torch.arange(rows.numel()), rows.to(emb.device)] = 1.0
+    one_hot.requires_grad_(True)
+    h = residual_at(lm.model, layer, inputs_embeds=one_hot @ emb).float()  # [1, T, d]
+    loss, _ = reachability_loss(h, target.to(h.device).float()[None], optim.mse_weight, optim.skip_pos0,
+                                optim.mse_norm)
+    (grad,) = torch.autograd.grad(loss.sum(), one_hot)
+    return grad[0]
+
+
+def gcg_search(lm: LoadedModel, layer: int, targets: torch.Tensor, init_ids: torch.Tensor, cfg: GCGConfig,
+               optim: OptimConfig, table, seed: int, progress=None) -> GCGResult:
+    """Search token sequences for targets [N, T, d] from init_ids [N, T] (ordinary token ids).
+
+    `table` is a constraints.TokenTable (the ordinary tokens and their embeddings); `optim` gives
+    the loss (mse_weight, skip_pos0, mse_norm). `progress(forward_passes, cos)` is called per iteration.
+    """
+    n, t, _ = targets.shape
+    if init_ids.shape != (n, t):
+        raise UserError(f"initial tokens {tuple(init_ids.shape)} do not match targets {tuple(targets.shape)}")
+    table_ids = table.ids.cpu()  # [V'] ascending
+    rows_of = lambda ids: torch.searchsorted(table_ids, ids)  # noqa: E731  ordinary id -> table row
+    if not torch.equal(table_ids[rows_of(init_ids).clamp(max=table_ids.numel() - 1)], init_ids.cpu()):
+        raise UserError("initial tokens must be ordinary (non-special) token ids")
+    batch = candidate_batch_size(lm, layer, t, cfg.candidates, cfg.memory_budget_mb)
+    top_k = min(cfg.top_k, table_ids.numel())
+    out = GCGResult(ids=init_ids.clone().long().cpu(), loss=[], cos=[], start_loss=[], forward_passes=[],
+                    seconds=[], iterations=[], accepted=[], candidate_batch=batch)
+    for i in range(n):
+        start = time.perf_counter()
+        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+        ids = init_ids[i].long().cpu().clone()  # [T]
+        loss, cos = (x[0] for x in evaluate_ids(lm, layer, ids[None], targets[i], optim, batch))
+        passes, iterations, accepted, curve = 1, 0, 0, []
+        out.start_loss.append(float(loss))
+        if progress:
+            progress(1, float(cos))
+        while passes + 2 <= cfg.budget:  # room for a gradient pass and at least one candidate
+            grad = token_gradient(lm, layer, rows_of(ids), targets[i], optim, table.emb)  # [T, V']
+            passes += 1
+            top = (-grad).topk(top_k, dim=1).indices.cpu()  # [T, k] table rows
+            count = min(cfg.candidates, cfg.budget - passes)
+            pos = torch.randint(0, t, (count,), generator=g)  # [C]
+            pick = torch.randint(0, top_k, (count,), generator=g)  # [C]
+            cands = ids.repeat(count, 1)  # [C, T]
+            cands[torch.arange(count), pos] = table_ids[top[pos, pick]]
+            c_loss, c_cos = evaluate_ids(lm, layer, cands, targets[i], optim, batch)  # [C], [C]
+            passes += count
+            iterations += 1
+            j = int(c_loss.argmin())
+            if c_loss[j] < loss:
+                ids, loss, cos = cands[j].clone(), c_loss[j], c_cos[j]
+                accepted += 1
+            curve.append(float(loss))
+            if progress:
+                progress(1 + count, float(cos))
+        out.ids[i] = ids
+        out.loss.append(float(loss))
+        out.cos.append(float(cos))
+        out.forward_passes.append(passes)
+        out.seconds.append(time.perf_counter() - start)
+        out.iterations.append(iterations)
+        out.accepted.append(accepted)
+        out.loss_curve.append(curve)
+    return out

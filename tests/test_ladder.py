@@ -1,0 +1,171 @@
+"""The constraint ladder on a tiny saved model: verifiable folders, frontier table and figure, resume, CLI."""
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from softreach.constraints import LadderSettings
+from softreach.errors import UserError
+from softreach.ladder import add_ladder_parser, frontier_figure, frontier_table, run_ladder
+from softreach.targets import residuals_of_tokens
+
+VERIFY = Path(__file__).resolve().parents[2] / "shared" / "checks" / "verify_run.py"
+ALL = ["free", "norm_bound", "nearest_penalty", "mixture", "projected", "gcg", "projection", "random_tokens",
+       "own_tokens"]
+FOLDERS = ["free", "norm_bound_c1", "norm_bound_c4", "nearest_penalty_w0.1", "mixture_tau1", "mixture_tau1_argmax",
+           "projected", "gcg", "projection", "random_tokens", "own_tokens"]
+DISCRETE = ["mixture_tau1_argmax", "projected", "gcg", "projection", "random_tokens", "own_tokens"]
+SETTINGS = dict(steps=8, norm_bounds=(1, 4), penalty_weights=(0.1,), gcg_budget=20, gcg_candidates=6, gcg_top_k=4,
+                floor_draws=2)
+LAYER = 2
+
+
+def verify(folders) -> dict:
+    """verify_run's exit code per folder, all checked in one subprocess (one transformers import)."""
+    code = ("import runpy, sys\nfor f in sys.argv[2:]:\n    sys.argv = ['verify_run.py', f]\n    try:\n"
+            "        runpy.run_path(sys.argv_script, run_name='__main__')\n    except SystemExit as e:\n"
+            "        print('EXIT', f, e.code)\n").replace("sys.argv_script", repr(str(VERIFY)))
+    proc = subprocess.run([sys.executable, "-c", code, "x", *map(str, folders)], capture_output=True, text=True,
+                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    codes = {line.split()[1]: int(line.split()[2]) for line in proc.stdout.splitlines() if line.startswith("EXIT")}
+    assert len(codes) == len(folders), proc.stdout + proc.stderr
+    return {Path(k).name: (v, proc.stdout) for k, v in codes.items()}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random Llama saved as a folder (verify_run loads it), its real-token targets."""
+    from softreach.models import load_model
+    from softreach.random_models import random_model
+
+    root = tmp_path_factory.mktemp("ladder")
+    made = random_model("llama", n_layers=2)
+    made.model.save_pretrained(root / "tiny")
+    made.tokenizer.save_pretrained(root / "tiny")
+    lm = load_model(str(root / "tiny"), "cpu")
+    tokens = torch.randint(2, 102, (3, 6), generator=torch.Generator().manual_seed(0))
+    return root, lm, tokens, residuals_of_tokens(lm, tokens, LAYER)
+
+
+@pytest.fixture(scope="module")
+def ladder(tiny):
+    root, lm, tokens, targets = tiny
+    out = run_ladder(lm, LAYER, targets, tokens, ALL, LadderSettings(**SETTINGS), 0, root / "ladder")
+    return out
+
+
+def test_every_rung_setting_writes_a_folder_that_verify_run_accepts(ladder):
+    assert sorted(p.name for p in ladder.iterdir() if p.is_dir()) == sorted(FOLDERS)
+    for name, (code, text) in verify([ladder / f for f in FOLDERS]).items():
+        assert code == 0, f"{name}: {text}"
+
+
+def test_rows_carry_rung_fidelity_distance_downstream_and_cost(ladder):
+    for name in FOLDERS:
+        rows = [json.loads(x) for x in (ladder / name / "problems.jsonl").read_text().splitlines()]
+        assert len(rows) == 3
+        for r in rows:
+            for key in ("rung", "setting", "cos", "cos_no_pos0", "mse", "mse_no_pos0", "nearest_cos", "norm_ratio",
+                        "kl", "kl_no_pos0", "top1", "top1_no_pos0", "forward_passes", "seconds", "floor_cos"):
+                assert key in r, (name, key)
+            assert r["setting_name"] == name and r["discrete"] == (name in DISCRETE)
+    gcg = [json.loads(x) for x in (ladder / "gcg" / "problems.jsonl").read_text().splitlines()]
+    assert all(r["forward_passes"] <= 20 for r in gcg)
+    config = json.loads((ladder / "norm_bound_c4" / "config.json").read_text())
+    assert config["rung"] == "norm_bound" and config["setting"] == 4.0 and config["layer"] == LAYER
+
+
+def test_discrete_folders_store_solution_ids_and_their_embeddings(tiny, ladder):
+    _, lm, tokens, targets = tiny
+    for name in FOLDERS:
+        t = load_file(str(ladder / name / "tensors.safetensors"))
+        assert torch.equal(t["tokens"], tokens)  # the targets' own tokens: real-text targets
+        if name in DISCRETE:
+            ids = t["solution_tokens"]
+            torch.testing.assert_close(t["soft_prompt"], lm.embedding_matrix.detach()[ids])
+            rows = [json.loads(x) for x in (ladder / name / "problems.jsonl").read_text().splitlines()]
+            fresh = torch.nn.functional.cosine_similarity(residuals_of_tokens(lm, ids, LAYER), targets, dim=-1)
+            torch.testing.assert_close(fresh.mean(1), torch.tensor([r["cos"] for r in rows]), rtol=1e-5, atol=1e-6)
+            assert all(abs(r["nearest_cos"] - 1) < 1e-5 for r in rows)
+        else:
+            assert "solution_tokens" not in t
+
+
+def test_own_tokens_reach_the_target(ladder):
+    rows = [json.loads(x) for x in (ladder / "own_tokens" / "problems.jsonl").read_text().splitlines()]
+    assert min(r["cos"] for r in rows) > 0.9999
+    assert max(r["kl"] for r in rows) < 1e-6 and min(r["top1"] for r in rows) == 1.0
+
+
+def test_frontier_json_table_and_figure(ladder, tmp_path):
+    frontier = json.loads((ladder / "frontier.json").read_text())
+    assert [p["name"] for p in frontier["points"]] == FOLDERS  # ladder order
+    assert frontier["layer"] == LAYER and frontier["floor"]["cos"] is not None
+    table = frontier_table(ladder)
+    for name in FOLDERS:
+        assert f"| {name} |" in table
+    assert "Random-token floor" in table
+    png = frontier_figure(ladder, tmp_path / "frontier.png")
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_an_identical_run_resumes_and_another_is_refused(tiny, ladder):
+    _, lm, tokens, targets = tiny
+    stamp = {n: (ladder / n / "problems.jsonl").stat().st_mtime_ns for n in FOLDERS}
+    run_ladder(lm, LAYER, targets, tokens, ALL, LadderSettings(**SETTINGS), 0, ladder)
+    assert stamp == {n: (ladder / n / "problems.jsonl").stat().st_mtime_ns for n in FOLDERS}
+    with pytest.raises(UserError, match="other settings"):
+        run_ladder(lm, LAYER, targets, tokens, ["free"], LadderSettings(**{**SETTINGS, "steps": 9}), 0, ladder)
+
+
+def test_synthetic_targets_store_no_tokens_and_still_verify(tiny):
+    root, lm, _, targets = tiny
+    noisy = targets + 0.1 * torch.randn_like(targets)
+    with pytest.raises(UserError, match="own_tokens"):
+        run_ladder(lm, LAYER, noisy, None, ["own_tokens"], LadderSettings(**SETTINGS), 0, root / "synthetic")
+    out = run_ladder(lm, LAYER, noisy, None, ["projection", "gcg"], LadderSettings(**SETTINGS), 0, root / "synthetic2")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["gcg", "projection"]  # free ran, unwritten
+    for name in ("gcg", "projection"):
+        assert "tokens" not in load_file(str(out / name / "tensors.safetensors"))
+    for name, (code, text) in verify([out / "gcg", out / "projection"]).items():
+        assert code == 0, f"{name}: {text}"
+
+
+def _parser():
+    p = argparse.ArgumentParser()
+    add_ladder_parser(p.add_subparsers(dest="command"))
+    return p
+
+
+def test_cli_runs_the_ladder_on_real_text_targets(tiny, tmp_path, capsys):
+    root = tiny[0]
+    a = _parser().parse_args(["ladder", "--model", str(root / "tiny"), "--layer", "2", "--targets", "2",
+                              "--seq-len", "6", "--steps", "3", "--gcg-budget", "6", "--gcg-candidates", "2",
+                              "--rungs", "free,norm_bound,gcg,own_tokens", "--norm-bounds", "2",
+                              "--floor-draws", "1", "--out", str(tmp_path / "l"), "--no-progress", "--device", "cpu"])
+    assert a.func(a) == 0
+    printed = capsys.readouterr().out
+    assert "| norm_bound_c2 |" in printed and "| own_tokens |" in printed
+    assert (tmp_path / "l" / "frontier.png").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--rungs", "free,bogus"], "unknown rung 'bogus'"),
+    (["--norm-bounds", "1,x"], "--norm-bounds needs comma-separated numbers"),
+    (["--gcg-budget", "1"], "--gcg-budget must be at least 2"),
+    (["--steps", "0"], "--steps must be at least 1"),
+    (["--targets", "0"], "--targets must be at least 1"),
+    (["--layer", "9"], "layer 9 is outside 1..2"),
+])
+def test_cli_bad_input_is_a_one_line_user_error(tiny, tmp_path, extra, message):
+    args = ["ladder", "--model", str(tiny[0] / "tiny"), "--out", str(tmp_path / "o"), "--device", "cpu", *extra]
+    a = _parser().parse_args(args)
+    with pytest.raises(UserError) as e:
+        a.func(a)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "o").exists()
