@@ -101,8 +101,10 @@ def test_grid_expands_to_cells(root):
     assert (c.model, c.layer, c.combo) == (str(root / "tiny3"), 3, {"optim.lr": 0.1})
     assert (c.config.run.model, c.config.run.layer, c.config.run.optim.lr) == (str(root / "tiny3"), 3, 0.1)
     assert c.config.experiments == ("exp1", "exp2b") and c.config.moment_windows == 200
-    assert c.config.run.optim.skip_pos0  # the quick preset underneath the overrides
+    assert c.config.restarts_for("exp2b") == 1 and c.config.exp3_pairs == 2  # the quick preset underneath
     assert problem_steps(c.config) == 2 * 2 * 10 + 2 * 1 * 10  # exp1: 2 restarts; exp2b: 1 (quick)
+    pruned = parse_grid(grid(root, grid={"optim.prune_after": [4]})).cells[0].config
+    assert problem_steps(pruned) == 2 * (2 * 4 + 10 - 4) + 2 * 1 * 10  # exp1's 2 restarts pruned to 1 after 4 steps
     every = parse_grid(grid(root, layers={"every": 2}))
     assert [c.slug for c in every.cells] == ["tiny2__L02", "tiny3__L02"]
     listed = parse_grid(grid(root, layers=[2, 1], grid={"suite.steps.exp1": [3]}))
@@ -269,3 +271,14 @@ def test_a_killed_ray_worker_is_retried_and_the_sweep_completes(root, local_out,
     assert (tmp_path / "crash.0").exists() and (tmp_path / "crash.1").exists(), "the worker was never killed"
     assert "worker lost on tiny2__L02; resubmitted to a fresh worker" in capfd.readouterr().err
     assert_same(results(local_out), results(out))
+
+
+def test_the_cli_wires_sweep_and_collect(tmp_path, capsys):
+    from softreach.cli import main
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("models: [smollm2-135m]\nlayers: all\npreset: quick\nbogus: 1\n")
+    assert main(["sweep", str(grid), "--out", str(tmp_path / "out")]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["collect", str(tmp_path / "missing")]) == 2

@@ -421,14 +421,17 @@ def run_local(out: Path, cells: list[Cell], show_progress: bool = True) -> None:
 # ---------------------------------------------------------------- cost on paper
 
 def problem_steps(cfg: SuiteConfig) -> int:
-    """Optimiser problem-steps (targets x restarts x steps, summed) of one cell's suite."""
+    """Optimiser problem-steps (targets x restarts x steps, restart pruning included) of one cell's suite."""
+    import dataclasses
+
     from .synthetic_targets import EXP3_ALPHAS, EXP5_FRACTIONS
 
     targets = {"exp1": cfg.run.targets, "exp4": 2 * cfg.run.targets, "exp2a": cfg.run.targets,
                "exp2b": cfg.run.targets, "exp3": cfg.exp3_pairs * len(EXP3_ALPHAS),
                "exp5": 2 * cfg.exp5_targets * len(EXP5_FRACTIONS)}
     names = set(cfg.experiments) | ({"exp1"} if "exp1b" in cfg.experiments else set())  # exp1b needs exp1
-    return sum(targets[e] * cfg.restarts_for(e) * cfg.steps_for(e) for e in names if e in targets)
+    return sum(dataclasses.replace(cfg.run.optim, steps=cfg.steps_for(e)).problem_steps(targets[e], cfg.restarts_for(e))
+               for e in names if e in targets)
 
 
 def plan(sweep: Sweep, rate: float | None = None) -> list[dict]:
