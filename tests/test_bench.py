@@ -36,3 +36,16 @@ def test_bench_rows_and_table(tiny_lm):
     assert "skipped" in rows["engine bfloat16"]
     table = format_table({"machine": "test", "roofs": roofs, "workloads": [w]})
     assert "| engine float32 |" in table and "skipped" in table
+
+
+def test_convergence_check_compares_log_and_tuned_settings(tiny_lm):
+    from softreach.bench import convergence_check
+
+    out = convergence_check(tiny_lm, 2, targets=2, log=lambda _m: None)
+    log, tuned = out["log settings, 1000 steps"], out["tuned defaults, 200 steps"]
+    assert log["steps"] == 1000 and tuned["steps"] == 200
+    for r in (log, tuned):
+        assert 0 < r["median_cos"] <= 1 and r["seconds"] > 0
+    table = format_table({"machine": "t", "roofs": {"float32": 1e9, "bfloat16": 1e9}, "workloads": [],
+                          "convergence": out})
+    assert "| tuned defaults, 200 steps | 200 |" in table

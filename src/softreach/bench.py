@@ -117,6 +117,29 @@ def bench_workload(name: str, lm: LoadedModel, layer: int, problems: int, seq_le
     return {"workload": name, "layer": layer, "problems": problems, "seq_len": seq_len, "rows": rows}
 
 
+def convergence_check(lm: LoadedModel, layer: int, targets: int, seed: int = 0, log=print) -> dict:
+    """The log's settings for 1000 steps against the tuned defaults for 200, on the same real targets.
+
+    One restart each; final metrics recomputed in float32 after the last step.
+    """
+    from .condition import solve_condition
+    from .corpus import load_corpus_text
+    from .exp1 import real_targets
+    from .optimize import LOG_OPTIM
+    from .targets import tokenize_windows
+
+    windows = tokenize_windows(lm, load_corpus_text(), 20)
+    _, target, _ = real_targets(lm, windows, layer, targets, seed)
+    out = {"targets": targets, "layer": layer}
+    for name, cfg in (("log settings, 1000 steps", OptimConfig(**LOG_OPTIM)), ("tuned defaults, 200 steps", OptimConfig())):
+        log(f"convergence: {name} on {targets} real targets ...")
+        res = solve_condition(lm, layer, target, 1, cfg, seed, floor_draws=0)
+        out[name] = {"steps": cfg.steps, "median_cos": res.summary["cos"]["median"],
+                     "median_cos_no_pos0": res.summary["cos_no_pos0"]["median"],
+                     "median_mse_no_pos0": res.summary["mse_no_pos0"]["median"], "seconds": res.seconds}
+    return out
+
+
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -142,11 +165,22 @@ def format_table(result: dict) -> str:
             lines.append(f"| {name} | {r['problem_steps_per_s']:.1f} | {r['ratio_to_baseline']:.1f}x | {gf} | {roof} | "
                          f"{r['peak_memory_bytes'] / 2**20:.0f} MiB |")
         lines.append("")
+    conv = result.get("convergence")
+    if conv:
+        lines += [f"convergence on SmolLM2 layer {conv['layer']}, {conv['targets']} real targets, 1 restart:",
+                  "| settings | steps | median cos | median cos w/o pos 0 | median MSE w/o pos 0 | seconds |",
+                  "|---|---|---|---|---|---|"]
+        for name, r in conv.items():
+            if isinstance(r, dict):
+                lines.append(f"| {name} | {r['steps']} | {r['median_cos']:.4f} | {r['median_cos_no_pos0']:.4f} | "
+                             f"{r['median_mse_no_pos0']:.3g} | {r['seconds']:.0f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
 def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, steps: int = 10,
-              baseline_steps: int = 5, batch_size: int = 64, json_out: str | None = None, log=print) -> dict:
+              baseline_steps: int = 5, batch_size: int = 64, json_out: str | None = None, log=print,
+              convergence_targets: int = 0) -> dict:
     from .models import load_model, pick_device
     from .random_models import pythia_160m_shape, random_model
 
@@ -164,6 +198,8 @@ def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, s
             layer, label = lm.default_layer(), "SmolLM2-135M (embedded)"
         result["workloads"].append(bench_workload(label, lm, layer, problems, 20, steps, baseline_steps, batch_size,
                                                   roofs, log))
+        if name == "smollm2" and convergence_targets:
+            result["convergence"] = convergence_check(lm, layer, convergence_targets, log=log)
         del lm
     if json_out:
         from .store import atomic_write_text
@@ -183,7 +219,7 @@ def cmd_bench(a) -> int:
 
             raise UserError(f"unknown workload {w!r}: choose from pythia, smollm2")
     result = run_bench(workloads, a.device, a.problems, a.steps, a.baseline_steps, a.batch_size, a.json,
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
+                       log=lambda m: print(m, file=sys.stderr, flush=True), convergence_targets=a.convergence_targets)
     print(format_table(result))
     if a.json:
         print(f"written {a.json}")
@@ -198,6 +234,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--steps", type=int, default=10, help="engine steps timed (default %(default)s)")
     p.add_argument("--baseline-steps", type=int, default=5, help="baseline steps timed per problem (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=64, help="engine batch (default %(default)s)")
+    p.add_argument("--convergence-targets", type=int, default=0,
+                   help="also run the log's settings (1000 steps) and the tuned defaults (200) on this many real "
+                        "SmolLM2 targets and compare their median cosine (0: skip; slow)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", default=None, help="also write the figures as JSON here")
     p.set_defaults(func=cmd_bench)
