@@ -94,7 +94,7 @@ def test_cosine_schedule_is_a_function_of_the_step():
     cfg = OptimConfig(steps=11, lr=0.1, schedule="cosine", final_lr_frac=0.1)
     assert cfg.lr_at(0) == pytest.approx(0.1) and cfg.lr_at(10) == pytest.approx(0.01)
     assert cfg.lr_at(5) == pytest.approx(0.055)
-    assert OptimConfig(steps=11, lr=0.1).lr_at(7) == 0.1
+    assert OptimConfig(steps=11, lr=0.1, schedule="constant").lr_at(7) == 0.1
 
 
 def test_bfloat16_compute_tracks_float32(tiny_lm):
