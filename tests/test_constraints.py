@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from softreach.constraints import (LadderSettings, NearestPenalty, NormBound, StraightThrough, TokenMixture,
-                                   nearest_rows, rung_settings, run_rung, setting_name, token_table)
+                                   nearest_rows, rung_settings, run_rung, setting_name, start_vectors,
+                                   token_table)
 from softreach.errors import UserError
 from softreach.manifold import nearest_tokens
 from softreach.metrics import reachability_loss
@@ -28,9 +29,9 @@ def test_token_table_holds_the_ordinary_tokens(tiny_lm):
 def test_nearest_rows_agree_with_the_manifold_module(tiny_lm):
     table = token_table(tiny_lm)
     x = torch.randn(2, 5, tiny_lm.d_model)
-    rows = nearest_rows(x, table.emb, "cos")
+    rows = nearest_rows(x, table, "cos")
     assert torch.equal(table.ids[rows], nearest_tokens(x, tiny_lm.embedding_matrix.detach(), table.ids)["ids"])
-    l2 = nearest_rows(x, table.emb, "l2")
+    l2 = nearest_rows(x, table, "l2")
     brute = torch.cdist(x.reshape(-1, x.shape[-1]), table.emb).argmin(1).view(2, 5)
     assert torch.equal(l2, brute)
 
@@ -120,7 +121,8 @@ def test_projected_rung_keeps_the_best_ids_by_loss(tiny_lm):
     out = run_rung(tiny_lm, LAYER, target, "projected", None, settings, seed=1)["projected"]
     assert out.ids.shape == ids.shape
     torch.testing.assert_close(out.inputs, tiny_lm.embedding_matrix[out.ids])
-    fresh, _ = reachability_loss(residuals_of_tokens(tiny_lm, out.ids, LAYER), target)
+    fresh, _ = reachability_loss(residuals_of_tokens(tiny_lm, out.ids, LAYER), target, settings.mse_weight,
+                                 settings.skip_pos0, settings.mse_norm)
     best_seen = out.loss_curve.min(1).values
     assert (fresh <= best_seen + 1e-5).all()  # never worse than the best step of the run
 
@@ -133,7 +135,7 @@ def test_mixture_rung_gives_the_continuous_result_and_its_argmax_tokens(tiny_lm)
     cont, disc = outs["mixture_tau1"], outs["mixture_tau1_argmax"]
     assert cont.ids is None and disc.ids is not None
     torch.testing.assert_close(disc.inputs, tiny_lm.embedding_matrix[disc.ids])
-    assert cont.forward_passes == [10] * 3 and disc.forward_passes == [11] * 3
+    assert cont.forward_passes == [10] * 3 and disc.forward_passes == [10] * 3
 
 
 def test_norm_bound_and_penalty_rungs_run_through_the_engine(tiny_lm):
@@ -150,15 +152,19 @@ def test_baselines(tiny_lm):
     ids, target = _problem(tiny_lm)
     settings = LadderSettings(steps=5, floor_draws=0)
     own = run_rung(tiny_lm, LAYER, target, "own_tokens", None, settings, 0, tokens=ids)["own_tokens"]
-    assert torch.equal(own.ids, ids) and own.forward_passes == [1, 1, 1]
+    assert torch.equal(own.ids, ids) and own.forward_passes == [0, 0, 0]
     h = residuals_of_tokens(tiny_lm, own.ids, LAYER)
     assert torch.nn.functional.cosine_similarity(h, target, dim=-1).min() > 0.9999
     rnd = run_rung(tiny_lm, LAYER, target, "random_tokens", None, settings, 0)["random_tokens"]
     assert rnd.ids.shape == ids.shape and (rnd.ids >= 2).all()
+    # every vector rung starts from these same random tokens (init="tokens")
+    torch.testing.assert_close(start_vectors(tiny_lm, token_table(tiny_lm), 3, 6, settings, 0), rnd.inputs)
+    normal = start_vectors(tiny_lm, token_table(tiny_lm), 3, 6, LadderSettings(init="normal"), 0)
+    assert normal.std() > 0.5  # the log's N(0, 1) start
     free = run_rung(tiny_lm, LAYER, target, "free", None, settings, 0)["free"]
     proj = run_rung(tiny_lm, LAYER, target, "projection", None, settings, 0, free=free)["projection"]
-    assert torch.equal(proj.ids, token_table(tiny_lm).ids[nearest_rows(free.inputs, token_table(tiny_lm).emb)])
-    assert proj.forward_passes == [6, 6, 6]
+    assert torch.equal(proj.ids, token_table(tiny_lm).ids[nearest_rows(free.inputs, token_table(tiny_lm))])
+    assert proj.forward_passes == [5, 5, 5]  # the free rung's steps; projecting needs no forward
     with pytest.raises(UserError, match="own_tokens"):
         run_rung(tiny_lm, LAYER, target, "own_tokens", None, settings, 0)
     with pytest.raises(UserError, match="free rung"):
@@ -173,6 +179,6 @@ def test_setting_names_and_validation():
     with pytest.raises(UserError, match="unknown rung"):
         rung_settings("bogus", s)
     for bad in (dict(norm_bounds=(0,)), dict(penalty_weights=(-1,)), dict(mixture_taus=(0,)), dict(steps=0),
-                dict(gcg_budget=1), dict(gcg_init="x"), dict(penalty_kind="x"), dict(lr=float("nan"))):
+                dict(gcg_budget=1), dict(gcg_init="x"), dict(init="x"), dict(penalty_kind="x"), dict(lr=float("nan"))):
         with pytest.raises(UserError):
             LadderSettings(**bad)

@@ -161,6 +161,8 @@ def test_cli_runs_the_ladder_on_real_text_targets(tiny, tmp_path, capsys):
     (["--steps", "0"], "--steps must be at least 1"),
     (["--targets", "0"], "--targets must be at least 1"),
     (["--layer", "9"], "layer 9 is outside 1..2"),
+    (["--init", "zeros"], "--init must be 'tokens' or 'normal'"),
+    (["--schedule", "step"], "--schedule must be"),
 ])
 def test_cli_bad_input_is_a_one_line_user_error(tiny, tmp_path, extra, message):
     args = ["ladder", "--model", str(tiny[0] / "tiny"), "--out", str(tmp_path / "o"), "--device", "cpu", *extra]

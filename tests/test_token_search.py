@@ -11,7 +11,7 @@ from softreach.targets import residuals_of_tokens
 from softreach.token_search import GCGConfig, candidate_batch_size, gcg_search
 
 LAYER = 2
-LOSS = OptimConfig()
+LOSS = OptimConfig(mse_weight=0.01, skip_pos0=False)  # the log's loss: every position, cos and MSE
 
 
 def _problem(lm, n=2, t=5, seed=0):
@@ -40,7 +40,8 @@ def test_never_worse_than_the_start_and_reported_numbers_are_fresh(tiny_lm):
     target, start = _problem(tiny_lm)
     res = gcg_search(tiny_lm, LAYER, target, start, GCGConfig(budget=60, top_k=8, candidates=12), LOSS,
                      token_table(tiny_lm), seed=0)
-    fresh_loss, fresh_cos = reachability_loss(residuals_of_tokens(tiny_lm, res.ids, LAYER), target)
+    fresh_loss, fresh_cos = reachability_loss(residuals_of_tokens(tiny_lm, res.ids, LAYER), target, LOSS.mse_weight,
+                                              LOSS.skip_pos0, LOSS.mse_norm)
     torch.testing.assert_close(fresh_loss, torch.tensor(res.loss), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fresh_cos, torch.tensor(res.cos), rtol=1e-5, atol=1e-6)
     assert all(end <= begin for end, begin in zip(res.loss, res.start_loss))

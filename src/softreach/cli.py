@@ -169,10 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(suite)
     suite.set_defaults(func=cmd_suite)
     from .bench import add_bench_parser
+    from .ladder import add_ladder_parser
     from .sweep import add_sweep_parsers
 
     add_bench_parser(sub)
     add_sweep_parsers(sub)
+    add_ladder_parser(sub)
     rep = sub.add_parser("report", help="write report.md and figures for a suite or result folder")
     rep.add_argument("run_dir")
     rep.set_defaults(func=cmd_report)

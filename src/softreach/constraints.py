@@ -23,6 +23,7 @@ from .floor import ordinary_token_ids
 from .models import LoadedModel
 from .optimize import InputParam, OptimConfig, initial_prompts, optimise
 
+_ENGINE = OptimConfig()  # the engine's defaults: the ladder's loss and schedule follow them
 _CHUNK_BYTES = 64 * 2**20  # at most one [rows, V'] float32 similarity matrix of this size at a time
 
 CONTINUOUS_RUNGS = ("free", "norm_bound", "nearest_penalty", "mixture")
@@ -39,14 +40,16 @@ class TokenTable:
 
     ids: torch.Tensor  # [V'] long: ordinary token ids, ascending
     emb: torch.Tensor  # [V', d] float32: their embedding rows
+    unit: torch.Tensor = field(init=False)  # [V', d] rows scaled to norm 1
+    half_sq: torch.Tensor = field(init=False)  # [V'] half the squared norm of each row
+    mean_norm: float = field(init=False)  # mean row norm
+    mean_sq_norm: float = field(init=False)  # mean squared row norm
 
-    @property
-    def mean_norm(self) -> float:
-        return float(self.emb.norm(dim=1).mean())
-
-    @property
-    def mean_sq_norm(self) -> float:
-        return float((self.emb**2).sum(1).mean())
+    def __post_init__(self):
+        self.unit = F.normalize(self.emb, dim=1)
+        self.half_sq = 0.5 * (self.emb**2).sum(1)
+        self.mean_norm = float(self.emb.norm(dim=1).mean())
+        self.mean_sq_norm = float(2 * self.half_sq.mean())
 
 
 def token_table(lm: LoadedModel) -> TokenTable:
@@ -55,25 +58,22 @@ def token_table(lm: LoadedModel) -> TokenTable:
 
 
 @torch.no_grad()
-def nearest_rows(x: torch.Tensor, emb: torch.Tensor, by: str = "cos") -> torch.Tensor:
-    """Index into `emb` [V', d] of the row nearest to each vector of x [..., d]: [...] long.
+def nearest_rows(x: torch.Tensor, table: TokenTable, by: str = "cos") -> torch.Tensor:
+    """Row of the token table nearest to each vector of x [..., d]: [...] long, on x's device.
 
     by="cos": highest cosine; by="l2": smallest Euclidean distance. Chunked over vectors.
     """
-    flat = x.detach().float().reshape(-1, x.shape[-1])  # [M, d]
-    emb = emb.to(flat.device)
-    emb_unit = F.normalize(emb, dim=1)  # [V', d]
-    half_sq = 0.5 * (emb**2).sum(1)  # [V']
-    rows = max(1, _CHUNK_BYTES // (4 * emb.shape[0]))
+    flat = x.detach().float().reshape(-1, x.shape[-1]).to(table.emb.device)  # [M, d]
+    rows = max(1, _CHUNK_BYTES // (4 * table.emb.shape[0]))
     out = []
     for lo in range(0, flat.shape[0], rows):
         xc = flat[lo : lo + rows]  # [c, d]
         if by == "cos":
-            score = xc @ emb_unit.T  # [c, V']: cosine times ||x||, same argmax
+            score = xc @ table.unit.T  # [c, V']: cosine times ||x||, same argmax
         else:
-            score = xc @ emb.T - half_sq  # [c, V']: -(||x - e||^2 - ||x||^2) / 2
+            score = xc @ table.emb.T - table.half_sq  # [c, V']: (||x||^2 - ||x - e||^2) / 2
         out.append(score.argmax(1))
-    return torch.cat(out).view(x.shape[:-1])
+    return torch.cat(out).view(x.shape[:-1]).to(x.device)
 
 
 # ---------------------------------------------------------------- the parametrisations
@@ -105,7 +105,7 @@ class NearestPenalty(InputParam):
 
     def distance(self, inputs: torch.Tensor) -> torch.Tensor:
         """Distance of each input vector to its nearest token: [B, T, d] -> [B, T]."""
-        nearest = self.table.emb[nearest_rows(inputs, self.table.emb, self.kind)]  # [B, T, d]
+        nearest = self.table.emb.to(inputs.device)[nearest_rows(inputs, self.table, self.kind)]  # [B, T, d]
         if self.kind == "cos":
             return 1 - F.cosine_similarity(inputs, nearest, dim=-1)
         return ((inputs - nearest) ** 2).sum(-1) / self.table.mean_sq_norm
@@ -147,10 +147,10 @@ class StraightThrough(InputParam):
         self.history: list[torch.Tensor] = []
 
     def nearest_ids(self, soft: torch.Tensor) -> torch.Tensor:  # [B, T] ordinary token ids
-        return self.table.ids.to(soft.device)[nearest_rows(soft, self.table.emb)]
+        return self.table.ids.to(soft.device)[nearest_rows(soft, self.table)]
 
     def inputs(self, soft: torch.Tensor) -> torch.Tensor:  # [B, T, d] -> [B, T, d]
-        rows = nearest_rows(soft, self.table.emb)  # [B, T]
+        rows = nearest_rows(soft, self.table)  # [B, T]
         if torch.is_grad_enabled() and soft.requires_grad:
             self.history.append(self.table.ids.to(rows.device)[rows].cpu())
         hard = self.table.emb.to(soft.device)[rows]  # [B, T, d]
@@ -167,29 +167,32 @@ def _floats(values) -> tuple[float, ...]:
 class LadderSettings:
     """How each rung of the constraint ladder is run (defaults: a few minutes on SmolLM2, 4 targets, CPU)."""
 
-    steps: int = 200
+    steps: int = 150
     """Adam steps for every optimised rung (free, norm_bound, nearest_penalty, mixture, projected)."""
-    lr: float = 0.01
-    """Adam learning rate of the free, norm_bound and nearest_penalty rungs (the log's 0.01)."""
-    mixture_lr: float = 0.1
-    """Adam learning rate of the mixture logits."""
-    projected_lr: float = 0.01
-    """Adam learning rate of the projected (PEZ) rung's continuous vectors."""
+    lr: float = 0.03
+    """Peak Adam learning rate of the free, norm_bound and nearest_penalty rungs (best of 0.01/0.03/0.1
+    from the token start on SmolLM2 L15)."""
+    mixture_lr: float = 1.0
+    """Peak Adam learning rate of the mixture logits (best of 0.3/1/3 on SmolLM2 L15)."""
+    projected_lr: float = 0.1
+    """Peak Adam learning rate of the projected (PEZ) rung's continuous vectors (best of 0.01/0.1/0.3)."""
     init: str = "tokens"
     """Start of the vector rungs (free, norm_bound, nearest_penalty, projected): "tokens" = the embeddings of
     one random ordinary-token sequence per target, shared by every rung (it is the random_tokens baseline
     and GCG's random start); "normal" = init_scale * N(0, 1), the log's protocol (far from every token)."""
     init_scale: float = 1.0
     """Scale of the "normal" start, and of the mixture logits' start init_scale * N(0, 1)."""
-    mse_weight: float = 0.01
-    """Weight of the MSE term of the loss (every rung, GCG included)."""
-    skip_pos0: bool = False
-    """Leave position 0 out of the loss (metrics report it both ways)."""
-    mse_norm: str = "none"
+    schedule: str = _ENGINE.schedule
+    """Learning-rate schedule of the optimised rungs: "cosine" (the engine's default) or "constant"."""
+    mse_weight: float = _ENGINE.mse_weight
+    """Weight of the MSE term of the loss (every rung, GCG included); the engine's default."""
+    skip_pos0: bool = _ENGINE.skip_pos0
+    """Leave position 0 out of the loss (metrics report it both ways); the engine's default."""
+    mse_norm: str = _ENGINE.mse_norm
     """"none" or "target" (squared error over the target's mean square per position)."""
-    norm_bounds: tuple = (1.0, 2.0, 4.0)
+    norm_bounds: tuple = (1.0, 2.0)
     """norm_bound: maximum norm per position, in multiples of the mean ordinary-token embedding norm."""
-    penalty_weights: tuple = (0.01, 0.1, 1.0)
+    penalty_weights: tuple = (0.01, 1.0)
     """nearest_penalty: weights w of the distance-to-nearest-token term."""
     penalty_kind: str = "l2"
     """nearest_penalty distance: "l2" (squared distance / mean squared token norm) or "cos" (1 - cosine)."""
@@ -242,7 +245,7 @@ class LadderSettings:
         """The engine's config for an optimised rung with learning rate `lr`."""
         return OptimConfig(steps=self.steps, lr=lr, init_scale=self.init_scale, mse_weight=self.mse_weight,
                            skip_pos0=self.skip_pos0, mse_norm=self.mse_norm, batch_size=self.batch_size,
-                           memory_budget_mb=self.memory_budget_mb)
+                           memory_budget_mb=self.memory_budget_mb, schedule=self.schedule, prune_after=0)
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -274,7 +277,8 @@ class RungOutput:
 
     inputs: torch.Tensor  # [N, T, d] the input vectors the result is evaluated from
     ids: torch.Tensor | None  # [N, T] token ids of a discrete result (then inputs = E[ids]); None if continuous
-    forward_passes: list[int]  # per target: sequences run through the model (one optimiser step = one)
+    forward_passes: list[int]  # per target: forwards spent producing it (an optimiser step = one; the
+    #                            ladder's own evaluation of the result is not counted)
     seconds: list[float]  # per target (batched rungs: wall time / N)
     loss_curve: torch.Tensor | None = None  # [N, S]
     cos_curve: torch.Tensor | None = None  # [N, S]
@@ -287,7 +291,8 @@ def start_ids(table: TokenTable, n: int, t: int, seed: int) -> torch.Tensor:
     return table.ids.cpu()[torch.randint(0, table.ids.numel(), (n, t), generator=g)]
 
 
-def start_vectors(lm: LoadedModel, table: TokenTable, n: int, t: int, settings: LadderSettings, seed: int) -> torch.Tensor:
+def start_vectors(lm: LoadedModel, table: TokenTable, n: int, t: int, settings: LadderSettings,
+                  seed: int) -> torch.Tensor:
     """Initial vectors [N, T, d] of the vector rungs: the start tokens' embeddings, or init_scale * N(0, 1)."""
     if settings.init == "tokens":
         return _embed(lm, start_ids(table, n, t, seed))
@@ -353,7 +358,7 @@ def run_rung(lm: LoadedModel, layer: int, targets: torch.Tensor, rung: str, valu
         top_weight = weights.max(-1).values.mean(1)  # [N]: mean over positions of the largest mixture weight
         cont = RungOutput(res.soft_prompt, None, [settings.steps] * n, secs, res.loss_curve, res.cos_curve,
                           extra={"top_weight": [float(x) for x in top_weight]})
-        disc = RungOutput(_embed(lm, ids), ids, [settings.steps + 1] * n, secs, res.loss_curve, res.cos_curve,
+        disc = RungOutput(_embed(lm, ids), ids, [settings.steps] * n, secs, res.loss_curve, res.cos_curve,
                           extra={"top_weight": [float(x) for x in top_weight]})
         return {name: cont, f"{name}_argmax": disc}
 
@@ -382,7 +387,7 @@ def run_rung(lm: LoadedModel, layer: int, targets: torch.Tensor, rung: str, valu
     if rung == "projection":
         if free is None:
             raise UserError("the projection baseline needs the free rung's solutions")
-        ids = table.ids.cpu()[nearest_rows(free.inputs.to(lm.device), table.emb).cpu()]  # [N, T]
+        ids = table.ids.cpu()[nearest_rows(free.inputs, table).cpu()]  # [N, T]
         extra_passes = free.forward_passes
     elif rung == "random_tokens":
         ids = start_ids(table, n, t, seed)
@@ -395,12 +400,16 @@ def run_rung(lm: LoadedModel, layer: int, targets: torch.Tensor, rung: str, valu
     else:
         raise UserError(f"unknown rung {rung!r}: choose from {', '.join(RUNGS)}")
     secs = (time.perf_counter() - start) / n
-    base = [s for s in free.seconds] if rung == "projection" else [0.0] * n
-    return {name: RungOutput(_embed(lm, ids), ids, [p + 1 for p in extra_passes], [b + secs for b in base])}
+    base = list(free.seconds) if rung == "projection" else [0.0] * n
+    return {name: RungOutput(_embed(lm, ids), ids, list(extra_passes), [b + secs for b in base])}
 
 
 def _run_projected(lm, layer, targets, settings: LadderSettings, seed: int, table: TokenTable, progress) -> RungOutput:
-    """PEZ: optimise through the straight-through projection; keep the best ids seen (by loss)."""
+    """PEZ: optimise through the straight-through projection; keep the best ids seen (by loss).
+
+    The ids of every step are scored by the engine's loss curve; the ids after the last step take one
+    more forward (counted: steps + 1 forward passes).
+    """
     from .metrics import reachability_loss
     from .targets import residuals_of_tokens
 

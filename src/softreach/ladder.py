@@ -12,10 +12,13 @@ folder stores the ids as `solution_tokens` and `soft_prompt` = their embedding r
 targets' own tokens, only where the targets are real-text residuals (verify_run checks they produce them).
 Each problems.jsonl row carries the rung, its setting, the fidelity metrics (with and without position
 0), the distance from the manifold (nearest-token cosine, norm ratio), the downstream KL and top-1
-agreement, and the cost (forward passes, seconds per target).
+agreement, and the cost: forward passes spent producing the result (an optimiser step, a GCG gradient
+pass or candidate = one; the ladder's evaluation is not counted; projection counts the free rung's) and
+seconds per target (batched rungs: wall time / N).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import shutil
@@ -252,14 +255,16 @@ def frontier_table(out_dir) -> str:
              "| KL (nats) | KL w/o pos 0 | top-1 w/o pos 0 | fwd passes / target | s / target |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in f["points"]:
-        lines.append(f"| {p['name']} | {'yes' if p['discrete'] else 'no'} | {_num(p['cos'])} | {_num(p['cos_no_pos0'])} "
+        lines.append(f"| {p['name']} | {'yes' if p['discrete'] else 'no'} | {_num(p['cos'])} "
+                     f"| {_num(p['cos_no_pos0'])} "
                      f"| {_num(p['mse'], 3)} | {_num(p['mse_no_pos0'], 3)} | {_num(p['nearest_cos'], 3)} "
                      f"| {_num(p['norm_ratio'], 2)} | {_num(p['kl'], 3)} | {_num(p['kl_no_pos0'], 3)} "
                      f"| {_num(p['top1_no_pos0'], 2)} | {p['forward_passes']:.0f} | {_num(p['seconds'], 2)} |")
     floor = f.get("floor") or {}
     if floor.get("cos") is not None:
         lines.append("")
-        lines.append(f"Random-token floor: cos {_num(floor['cos'])}, without position 0 {_num(floor.get('cos_no_pos0'))}. "
+        lines.append(f"Random-token floor: cos {_num(floor['cos'])}, "
+                     f"without position 0 {_num(floor.get('cos_no_pos0'))}. "
                      "Means over targets; nearest-token cos and norm ratio describe the input vectors; "
                      "KL is KL(target's next-token distribution || reached's).")
     return "\n".join(lines)
@@ -296,6 +301,9 @@ def frontier_figure(out_dir, path) -> Path:
     ckey, kkey = ("cos_no_pos0", "kl_no_pos0") if no_pos0 else ("cos", "kl")
     where = " (without position 0)" if no_pos0 else ""
     fig, (ax, kax) = _new_figure(2, width=6.4, height=5.2)
+    top = 1 - 1e-4  # cosines above this (the own tokens: ~1 - 1e-7) are drawn at it, so the rest stays readable
+    discrete = sorted((p for p in points if p["discrete"]), key=lambda p: p[ckey])
+    left = {id(p) for p in discrete[1::2]}  # labels of the stacked discrete points alternate sides
     seen = set()
     for p in points:
         key = _style_key(p)
@@ -304,19 +312,22 @@ def frontier_figure(out_dir, path) -> Path:
         seen.add(key)
         size = 170 if marker == "*" else 60
         text = short + (f"{p['setting']:g}" if short.endswith("=") else "")
-        for a, y in ((ax, p[ckey]), (kax, p[kkey])):
+        offset, align = ((-7, -3), "right") if id(p) in left else ((7, -3), "left")
+        for a, y in ((ax, min(p[ckey], top)), (kax, p[kkey])):
             if y is None or (a is kax and y <= 0):
                 continue
             a.scatter(p["nearest_cos"], y, color=colour, marker=marker, s=size, zorder=3, edgecolor="black",
                       linewidth=0.5, label=label if a is ax else None)
-            a.annotate(text, (p["nearest_cos"], y), textcoords="offset points", xytext=(7, -3), fontsize=7)
+            a.annotate(text, (p["nearest_cos"], y), textcoords="offset points", xytext=offset, ha=align, fontsize=7)
     floor = (f.get("floor") or {}).get(ckey)
     own = next((p for p in points if p["rung"] == "own_tokens"), None)
-    values = [p[ckey] for p in points] + ([floor] if floor is not None else [])
+    values = [min(p[ckey], top) for p in points] + ([floor] if floor is not None else [])
     if floor is not None:
         ax.axhline(floor, linestyle="--", color="black", linewidth=1.2, label=f"random-token floor ({floor:.3f})")
     if own is not None:
-        ax.axhline(own[ckey], linestyle=":", color="C2", linewidth=1.5, label=f"own tokens ({own[ckey]:.4f})")
+        note = " drawn at 0.9999" if own[ckey] > top else ""
+        ax.axhline(min(own[ckey], top), linestyle=":", color="C2", linewidth=1.5,
+                   label=f"own tokens (cos {own[ckey]:.6f}{note})")
     _cosine_axis(ax, values, "y", f"cosine to target{where}")
     ax.set_title(f"Fidelity vs distance from the token manifold", fontsize=10)
     rnd = next((p for p in points if p["rung"] == "random_tokens"), None)
@@ -355,38 +366,40 @@ def _float_list(text: str, flag: str) -> tuple[float, ...]:
 def add_ladder_parser(sub) -> None:
     """`softreach ladder ...`: the constraint ladder on real targets from the corpus."""
     d = LadderSettings()
+    joined = lambda values: ",".join(f"{v:g}" for v in values)  # noqa: E731
     p = sub.add_parser("ladder", help="constrained reachability: the same targets under a ladder of constraints")
-    p.add_argument("--model", default=None, help="hub id, local folder, .gguf file, or smollm2-135m (default)")
-    p.add_argument("--layer", type=int, default=None, help="layer L (default: n_layers // 2)")
-    p.add_argument("--targets", type=int, default=4, help="number of real-text targets (default 4)")
-    p.add_argument("--rungs", default=",".join(RUNGS), help=f"comma-separated subset of {','.join(RUNGS)} (default: all)")
-    p.add_argument("--seq-len", type=int, default=20, help="positions T (default 20)")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"Adam steps of the optimised rungs (default {d.steps})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of free/norm_bound/nearest_penalty ({d.lr})")
-    p.add_argument("--mixture-lr", type=float, default=d.mixture_lr, help=f"learning rate of the mixture logits ({d.mixture_lr})")
-    p.add_argument("--projected-lr", type=float, default=d.projected_lr, help=f"learning rate of the projected rung ({d.projected_lr})")
-    p.add_argument("--norm-bounds", default=",".join(f"{c:g}" for c in d.norm_bounds),
-                   help="norm_bound multiples of the mean token norm (default %(default)s)")
-    p.add_argument("--penalty-weights", default=",".join(f"{w:g}" for w in d.penalty_weights),
-                   help="nearest_penalty weights (default %(default)s)")
-    p.add_argument("--penalty-kind", default=d.penalty_kind, help="nearest_penalty distance: l2 (default) or cos")
-    p.add_argument("--mixture-taus", default=",".join(f"{t:g}" for t in d.mixture_taus),
-                   help="mixture softmax temperatures (default %(default)s)")
-    p.add_argument("--gcg-budget", type=int, default=d.gcg_budget, help=f"GCG forward passes per target ({d.gcg_budget})")
-    p.add_argument("--gcg-top-k", type=int, default=d.gcg_top_k, help=f"GCG candidate tokens per position ({d.gcg_top_k})")
-    p.add_argument("--gcg-candidates", type=int, default=d.gcg_candidates, help=f"GCG swaps per iteration ({d.gcg_candidates})")
-    p.add_argument("--gcg-init", default=d.gcg_init, help="GCG start: random (default) or projected")
-    p.add_argument("--init", default=d.init, help="start of the vector rungs: tokens (shared random tokens, default) "
-                   "or normal (N(0, 1), the log's protocol)")
-    p.add_argument("--skip-pos0", action="store_true", help="leave position 0 out of every rung's loss")
-    p.add_argument("--floor-draws", type=int, default=d.floor_draws, help=f"random-token draws for the floor ({d.floor_draws})")
-    p.add_argument("--memory-budget-mb", type=float, default=None, help="memory a batch may use (MiB)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--corpus", default="default", help="default (pydoc topics), wikitext2, or a text file")
-    p.add_argument("--out", required=True, help="ladder folder to create (an identical earlier run is resumed)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add = p.add_argument
+    add("--model", default=None, help="hub id, local folder, .gguf file, or smollm2-135m (default)")
+    add("--layer", type=int, default=None, help="layer L (default: n_layers // 2)")
+    add("--targets", type=int, default=4, help="number of real-text targets (default %(default)s)")
+    add("--rungs", default=",".join(RUNGS), help="comma-separated rungs (default: all of %(default)s)")
+    add("--seq-len", type=int, default=20, help="positions T (default %(default)s)")
+    add("--steps", type=int, default=d.steps, help="Adam steps of the optimised rungs (default %(default)s)")
+    add("--lr", type=float, default=d.lr, help="peak lr of free, norm_bound, nearest_penalty (%(default)s)")
+    add("--mixture-lr", type=float, default=d.mixture_lr, help="peak lr of the mixture logits (%(default)s)")
+    add("--projected-lr", type=float, default=d.projected_lr, help="peak lr of the projected rung (%(default)s)")
+    add("--schedule", default=d.schedule, help="learning-rate schedule: cosine or constant (%(default)s)")
+    add("--init", default=d.init, help="start of the vector rungs: tokens (one shared random token sequence, "
+        "default) or normal (N(0, 1), the log's protocol)")
+    add("--norm-bounds", default=joined(d.norm_bounds), help="norm_bound multiples c of the mean token norm "
+        "(default %(default)s)")
+    add("--penalty-weights", default=joined(d.penalty_weights), help="nearest_penalty weights (default %(default)s)")
+    add("--penalty-kind", default=d.penalty_kind, help="nearest_penalty distance: l2 (default) or cos")
+    add("--mixture-taus", default=joined(d.mixture_taus), help="mixture temperatures (default %(default)s)")
+    add("--gcg-budget", type=int, default=d.gcg_budget, help="GCG forward passes per target (%(default)s)")
+    add("--gcg-top-k", type=int, default=d.gcg_top_k, help="GCG candidate tokens per position (%(default)s)")
+    add("--gcg-candidates", type=int, default=d.gcg_candidates, help="GCG swaps per iteration (%(default)s)")
+    add("--gcg-init", default=d.gcg_init, help="GCG start: random (the shared start tokens, default) or projected")
+    add("--skip-pos0", action=argparse.BooleanOptionalAction, default=d.skip_pos0,
+        help="leave position 0 out of every rung's loss (default: %(default)s, as the engine)")
+    add("--floor-draws", type=int, default=d.floor_draws, help="random-token draws for the floor (%(default)s)")
+    add("--memory-budget-mb", type=float, default=None, help="memory a batch may use (MiB)")
+    add("--seed", type=int, default=0)
+    add("--device", default="auto", help="auto, cpu or cuda")
+    add("--corpus", default="default", help="default (pydoc topics), wikitext2, or a text file")
+    add("--out", required=True, help="ladder folder to create (an identical earlier run is resumed)")
+    add("--overwrite", action="store_true", help="replace an existing folder")
+    add("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_ladder)
 
 
@@ -399,12 +412,13 @@ def cmd_ladder(a) -> int:
     from .targets import tokenize_windows
 
     rungs = _ordered([r.strip() for r in a.rungs.split(",") if r.strip()])
-    settings = LadderSettings(steps=a.steps, lr=a.lr, mixture_lr=a.mixture_lr, projected_lr=a.projected_lr,
-                              skip_pos0=a.skip_pos0, norm_bounds=_float_list(a.norm_bounds, "--norm-bounds"),
-                              penalty_weights=_float_list(a.penalty_weights, "--penalty-weights"),
-                              penalty_kind=a.penalty_kind, mixture_taus=_float_list(a.mixture_taus, "--mixture-taus"),
-                              gcg_budget=a.gcg_budget, gcg_top_k=a.gcg_top_k, gcg_candidates=a.gcg_candidates,
-                              gcg_init=a.gcg_init, init=a.init, floor_draws=a.floor_draws, memory_budget_mb=a.memory_budget_mb)
+    settings = LadderSettings(
+        steps=a.steps, lr=a.lr, mixture_lr=a.mixture_lr, projected_lr=a.projected_lr, schedule=a.schedule,
+        init=a.init, skip_pos0=a.skip_pos0, norm_bounds=_float_list(a.norm_bounds, "--norm-bounds"),
+        penalty_weights=_float_list(a.penalty_weights, "--penalty-weights"), penalty_kind=a.penalty_kind,
+        mixture_taus=_float_list(a.mixture_taus, "--mixture-taus"), gcg_budget=a.gcg_budget, gcg_top_k=a.gcg_top_k,
+        gcg_candidates=a.gcg_candidates, gcg_init=a.gcg_init, floor_draws=a.floor_draws,
+        memory_budget_mb=a.memory_budget_mb)
     if a.targets < 1:
         raise UserError(f"--targets must be at least 1, got {a.targets}")
     out = Path(a.out)
