@@ -171,3 +171,15 @@ def test_cli_bad_input_is_a_one_line_user_error(tiny, tmp_path, extra, message):
         a.func(a)
     assert message in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "o").exists()
+
+
+def test_report_command_renders_a_ladder_folder(ladder, tmp_path):
+    """`softreach report` on a ladder folder writes the frontier table and figure."""
+    import shutil
+
+    from softreach.cli import main
+
+    shutil.copytree(ladder, tmp_path / "lad")
+    assert main(["report", str(tmp_path / "lad")]) == 0
+    text = (tmp_path / "lad" / "report.md").read_text()
+    assert "| rung setting |" in text and (tmp_path / "lad" / "figures" / "frontier.png").stat().st_size > 1000
