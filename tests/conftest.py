@@ -6,7 +6,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from softreach.random_models import ARCHS, random_model  # noqa: E402
+from softreach.random_models import ARCHS, random_model, save_random_model  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -28,8 +28,4 @@ def smollm2():
 @pytest.fixture
 def tiny_model_dir(tmp_path):
     """A tiny random GPT-NeoX saved as a local model folder, as a user would pass with --model."""
-    lm = random_model("gpt_neox", n_layers=2)
-    path = tmp_path / "tiny-neox"
-    lm.model.save_pretrained(path)
-    lm.tokenizer.save_pretrained(path)
-    return path
+    return save_random_model(tmp_path / "tiny-neox", "gpt_neox", n_layers=2)

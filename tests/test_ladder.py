@@ -41,12 +41,10 @@ def verify(folders) -> dict:
 def tiny(tmp_path_factory):
     """A tiny random Llama saved as a folder (verify_run loads it), its real-token targets."""
     from softreach.models import load_model
-    from softreach.random_models import random_model
+    from softreach.random_models import save_random_model
 
     root = tmp_path_factory.mktemp("ladder")
-    made = random_model("llama", n_layers=2)
-    made.model.save_pretrained(root / "tiny")
-    made.tokenizer.save_pretrained(root / "tiny")
+    save_random_model(root / "tiny", "llama", n_layers=2)
     lm = load_model(str(root / "tiny"), "cpu")
     tokens = torch.randint(2, 102, (3, 6), generator=torch.Generator().manual_seed(0))
     return root, lm, tokens, residuals_of_tokens(lm, tokens, LAYER)
@@ -180,6 +178,7 @@ def test_report_command_renders_a_ladder_folder(ladder, tmp_path):
     from softreach.cli import main
 
     shutil.copytree(ladder, tmp_path / "lad")
+    (tmp_path / "lad" / "frontier.png").unlink(missing_ok=True)
     assert main(["report", str(tmp_path / "lad")]) == 0
     text = (tmp_path / "lad" / "report.md").read_text()
-    assert "| rung setting |" in text and (tmp_path / "lad" / "figures" / "frontier.png").stat().st_size > 1000
+    assert "| rung setting |" in text and (tmp_path / "lad" / "frontier.png").stat().st_size > 1000

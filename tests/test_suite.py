@@ -33,12 +33,10 @@ def _results(out):
 
 @pytest.fixture(scope="module")
 def finished_suite(tmp_path_factory):
-    from softreach.random_models import random_model
+    from softreach.random_models import save_random_model
 
     root = tmp_path_factory.mktemp("suite")
-    lm = random_model("gpt_neox", n_layers=2)
-    lm.model.save_pretrained(root / "tiny")
-    lm.tokenizer.save_pretrained(root / "tiny")
+    save_random_model(root / "tiny", "gpt_neox", n_layers=2)
     assert main(suite_args(root / "tiny", root / "straight")) == 0
     return root
 

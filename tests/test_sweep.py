@@ -29,13 +29,11 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    from softreach.random_models import random_model
+    from softreach.random_models import save_random_model
 
     root = tmp_path_factory.mktemp("sweep")
     for name, arch, n in (("tiny2", "gpt_neox", 2), ("tiny3", "llama", 3)):
-        lm = random_model(arch, n_layers=n)
-        lm.model.save_pretrained(root / name)
-        lm.tokenizer.save_pretrained(root / name)
+        save_random_model(root / name, arch, n_layers=n)
     return root
 
 

@@ -148,25 +148,14 @@ def cmd_report(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     if (Path(a.run_dir) / "frontier.json").is_file():  # a constraint-ladder folder
+        from .ladder import write_ladder_report
+
         print(write_ladder_report(Path(a.run_dir)))
         return 0
     from .report import write_report
 
     print(write_report(a.run_dir))
     return 0
-
-
-def write_ladder_report(folder) -> str:
-    """report.md for a `softreach ladder` folder: the frontier table and figure."""
-    from .ladder import frontier_figure, frontier_table
-    from .store import atomic_write_text
-
-    (folder / "figures").mkdir(exist_ok=True)
-    frontier_figure(folder, folder / "figures" / "frontier.png")
-    text = ("# Constraint ladder: fidelity against distance from the token manifold\n\n"
-            + frontier_table(folder) + "\n\n![frontier](figures/frontier.png)\n")
-    atomic_write_text(folder / "report.md", text)
-    return str(folder / "report.md")
 
 
 def build_parser() -> argparse.ArgumentParser:

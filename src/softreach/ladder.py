@@ -6,6 +6,7 @@ Layout of a ladder folder (each subfolder follows the result-folder contract of 
   projection/, random_tokens/, own_tokens/      one folder per rung setting
   frontier.json         one point per folder: fidelity, distance from the token manifold, downstream, cost
   frontier.png          fidelity against nearest-token cosine (frontier_figure)
+  report.md             the frontier table and figure (write_ladder_report; also `softreach report FOLDER`)
 
 Every discrete result is evaluated from its token ids alone (an ordinary forward from input_ids); its
 folder stores the ids as `solution_tokens` and `soft_prompt` = their embedding rows. `tokens` holds the
@@ -353,6 +354,16 @@ def frontier_figure(out_dir, path) -> Path:
 
 # ---------------------------------------------------------------- command line
 
+def write_ladder_report(out_dir) -> Path:
+    """frontier.png and report.md (the frontier table and figure) for a ladder folder; returns report.md."""
+    out = Path(out_dir)
+    frontier_figure(out, out / "frontier.png")
+    text = ("# Constraint ladder: fidelity against distance from the token manifold\n\n"
+            + frontier_table(out) + "\n\n![frontier](frontier.png)\n")
+    atomic_write_text(out / "report.md", text)
+    return out / "report.md"
+
+
 def _float_list(text: str, flag: str) -> tuple[float, ...]:
     try:
         values = tuple(float(x) for x in text.split(",") if x.strip())
@@ -433,10 +444,10 @@ def cmd_ladder(a) -> int:
     tokens, targets, _ = real_targets(lm, windows, layer, a.targets, a.seed)
     run_ladder(lm, layer, targets, tokens, rungs, settings, a.seed, out, overwrite=a.overwrite,
                show_progress=not a.no_progress, model_spec=spec)
-    figure = frontier_figure(out, out / "frontier.png")
+    report = write_ladder_report(out)
     print(f"\nconstraint ladder on {lm.source}" + (f" ({lm.gguf_file})" if lm.gguf_file else "")
           + f", layer {layer}, {a.targets} targets x {a.seq_len} positions, {settings.steps} steps, "
           f"GCG budget {settings.gcg_budget}\n")
     print(frontier_table(out))
-    print(f"\n{time.perf_counter() - start:.0f} s in all; results in {out}, figure {figure}")
+    print(f"\n{time.perf_counter() - start:.0f} s in all; results in {out}, report {report}")
     return 0

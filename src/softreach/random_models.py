@@ -56,3 +56,11 @@ def random_model(arch: str = "gpt_neox", seed: int = 0, device: str = "cpu", **s
 def pythia_160m_shape(**kw) -> dict:
     """Pythia-160M's shape (GPT-NeoX, 12 layers, d_model 768, 12 heads, vocab 50304)."""
     return dict(d_model=768, n_layers=12, n_heads=12, vocab=50304, d_mlp=3072, max_positions=2048, **kw)
+
+
+def save_random_model(path, arch: str = "gpt_neox", seed: int = 0, **shape):
+    """Build a random model and save it (weights and tokenizer) as a local folder usable with --model."""
+    made = random_model(arch, seed=seed, **shape)
+    made.model.save_pretrained(path)
+    made.tokenizer.save_pretrained(path)
+    return path
