@@ -141,8 +141,9 @@ def run_ray(out: Path, cells: list, address: str | None = None, workers: int | N
                     bar.write(f"worker lost on {cell.slug}; resubmitted to a fresh worker", file=sys.stderr)
                 else:
                     bar.update(1)
-                    bar.set_postfix_str(cell.slug, refresh=False)
                 submit(i)
+                running = ", ".join(c.slug for _, c in inflight.values())
+                bar.set_postfix_str(f"done {cell.slug}" + (f"; running {running}" if running else ""))
     finally:
         for actor in actors:
             try:

@@ -530,13 +530,18 @@ def collect(out: str | Path, figures: bool = True):
 
 # ---------------------------------------------------------------- the sweep report
 
+LEGEND = {"exp1": "Exp 1 real", "exp1b": "Exp 1b nearest tokens", "exp2a": "Exp 2a matched random",
+          "exp2b": "Exp 2b raw random", "exp3": "Exp 3 interpolation", "exp4_no_attn": "Exp 4 no attention",
+          "exp4_no_mlp": "Exp 4 no MLP", "exp5_raw": "Exp 5A raw corruption", "exp5_pca": "Exp 5B PCA corruption"}
+
+
 def _series(df, model: str, column: str) -> dict[str, tuple[list, list]]:
     """label -> (layers, values) for one model: one line per condition and override combination."""
     out = {}
     sub = df[df["model"] == model]
     for (cond, combo), g in sub.groupby(["condition", "overrides"], sort=False):
         g = g.sort_values("layer")
-        label = cond + (f" [{combo}]" if combo else "")
+        label = LEGEND.get(cond, cond) + (f" [{combo}]" if combo else "")
         out[label] = (g["layer"].tolist(), g[column].tolist())
     return out
 
@@ -575,9 +580,13 @@ def plot_by_layer(df, conditions: list[str] | None, path, title: str, floor: boo
         top.set_title(f"{_label(model)}" + (" (dashed: random-token floor)" if floor else ""), fontsize=9)
         bottom.axhline(0, color="black", linewidth=0.8)
         bottom.set_ylabel("median cos − floor")
+        layers = sorted(set(sub[sub["model"] == model]["layer"]))
         for ax in (top, bottom):
             ax.set_xlabel("layer L")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if len(layers) <= 16:  # tick exactly the layers that were run
+                ax.set_xticks(layers)
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
         top.legend(fontsize=7)
     fig.suptitle(title)
