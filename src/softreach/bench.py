@@ -150,8 +150,8 @@ def machine_description(device: torch.device) -> str:
 
 def format_table(result: dict) -> str:
     lines = [f"machine: {result['machine']}",
-             f"matmul roof: float32 {result['roofs']['float32'] / 1e9:.0f} GFLOP/s, "
-             f"bfloat16 {result['roofs']['bfloat16'] / 1e9:.0f} GFLOP/s", ""]
+             f"matmul roof: float32 {result['roofs']['float32'] / 1e9:.3g} GFLOP/s, "
+             f"bfloat16 {result['roofs']['bfloat16'] / 1e9:.3g} GFLOP/s", ""]
     for w in result["workloads"]:
         lines += [f"{w['workload']} (layer {w['layer']}, {w['problems']} problems, T={w['seq_len']})",
                   "| method | problem-steps/s | x baseline | GFLOP/s | of roof | peak memory |",

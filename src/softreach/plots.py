@@ -107,6 +107,16 @@ def _floor_line(ax, value, which: str = "h", color: str = "black", label: str | 
     line(value, linestyle="--", color=color, linewidth=1.3, label=label, **kw)
 
 
+def _label_axes(ax, title: str, xlabel: str, ylabel: str | None = None, **legend) -> None:
+    """Title, axis labels, a light grid and the legend (fontsize 8 unless legend says otherwise)."""
+    ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(**{"fontsize": 8, **legend})
+
+
 # ---------------------------------------------------------------- figures
 
 def cosine_histogram(cos, floor_cos, title: str, path) -> Path:
@@ -185,10 +195,8 @@ def cosine_by_position(series: dict[str, tuple[np.ndarray, float | None]], path)
         _floor_line(ax, floor, color=color, label=None, alpha=0.8)
         shown += [q25, q75, [floor if floor is not None else np.nan]]
     ax.plot([], [], linestyle="--", color="black", label="random-token floor (median, same colour)")
-    ax.set_xlabel("position in the prompt (token index)")
-    ax.set_title("Cosine to the target by position\nmedian over targets, band = interquartile range")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _label_axes(ax, "Cosine to the target by position\nmedian over targets, band = interquartile range",
+                "position in the prompt (token index)", loc="center left", bbox_to_anchor=(1.01, 0.5))
     _cosine_axis(ax, np.concatenate(shown), "y", "cosine at the position")
     return _save(fig, path)
 
@@ -212,10 +220,8 @@ def alpha_curve(alpha, pair, cos, floor_cos, path) -> Path:
     ax.plot(xs, q50, color="C0", marker="o", linewidth=2, label="median over pairs (band: IQR)")
     fx, _, f50, _ = _by_group(alpha, floor_cos)
     ax.plot(fx, f50, color="black", linestyle="--", marker=".", label="random-token floor (median)")
-    ax.set_xlabel("α  (target = α·A + (1 − α)·B; 0 = B, 1 = A)")
-    ax.set_title("Exp 3: reachability along lines through pairs of real targets")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _label_axes(ax, "Exp 3: reachability along lines through pairs of real targets",
+                "α  (target = α·A + (1 − α)·B; 0 = B, 1 = A)", loc="center left", bbox_to_anchor=(1.01, 0.5))
     _cosine_axis(ax, np.concatenate([cos, f50]), "y", "final cosine")
     return _save(fig, path)
 
@@ -235,10 +241,8 @@ def corruption_curves(variants: dict[str, tuple], path) -> Path:
         fx, _, f50, _ = _by_group(frac, floor_cos)
         ax.plot(fx, f50, color=color, linestyle="--", linewidth=1.3, label=f"{label}: random-token floor (median)")
         shown += [q25, q75, f50]
-    ax.set_xlabel("fraction of the target corrupted (0 = real target, 1 = fully replaced)")
-    ax.set_title("Exp 5: reachability of corrupted real targets")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    _label_axes(ax, "Exp 5: reachability of corrupted real targets",
+                "fraction of the target corrupted (0 = real target, 1 = fully replaced)")
     _cosine_axis(ax, np.concatenate(shown), "y", "final cosine")
     return _save(fig, path)
 
@@ -300,11 +304,9 @@ def embedding_distance(analysis: dict, path) -> Path:
             ax2.plot([float(k) for k in ks], [errs[k] for k in ks], marker="o", color=f"C{i % 10}",
                      label={"soft": "optimised inputs", "tokens": "token embeddings"}.get(label, label))
         ax2.set_xscale("log")
-        ax2.set_xlabel("k = top principal directions of the embedding matrix (log scale)")
-        ax2.set_ylabel("relative reconstruction error ||x - x_k|| / ||x||")
-        ax2.set_title("Reconstruction from the top-k embedding PCA directions")
-        ax2.grid(True, alpha=0.3)
-        ax2.legend(fontsize=8)
+        _label_axes(ax2, "Reconstruction from the top-k embedding PCA directions",
+                    "k = top principal directions of the embedding matrix (log scale)",
+                    ylabel="relative reconstruction error ||x - x_k|| / ||x||")
     return _save(fig, path)
 
 
@@ -329,10 +331,8 @@ def trajectories(traj: dict, floor: float | None, path) -> Path:
     if target is not None:
         ax.axvline(target, color="C3", linestyle=":", linewidth=1.5, label=f"target layer {target}")
     _floor_line(ax, floor, label=f"random-token floor at layer {target}")
-    ax.set_xlabel("layer (hidden_states index; 0 = embeddings)")
-    ax.set_title("Soft-prompt residual vs the real tokens' residual")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    _label_axes(ax, "Soft-prompt residual vs the real tokens' residual",
+                "layer (hidden_states index; 0 = embeddings)")
     _cosine_axis(ax, np.append(cos.ravel(), floor if floor is not None else np.nan), "y", "cosine, mean over positions")
     if has_norms:
         ax2 = axes[1]
@@ -346,9 +346,6 @@ def trajectories(traj: dict, floor: float | None, path) -> Path:
         ax2.set_yscale("log")
         ax2.yaxis.set_major_formatter(ScalarFormatter())
         ax2.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
-        ax2.set_xlabel("layer (hidden_states index; 0 = embeddings)")
-        ax2.set_ylabel("residual norm, mean over positions (log scale)")
-        ax2.set_title("Residual norm by layer")
-        ax2.grid(True, alpha=0.3)
-        ax2.legend(fontsize=8)
+        _label_axes(ax2, "Residual norm by layer", "layer (hidden_states index; 0 = embeddings)",
+                    ylabel="residual norm, mean over positions (log scale)")
     return _save(fig, path)
