@@ -217,15 +217,13 @@ def cmd_bench(a) -> int:
     """CLI entry: `softreach bench`."""
     import sys
 
+    from .errors import UserError
+
     workloads = [w.strip() for w in a.workloads.split(",") if w.strip()]
     for w in workloads:
         if w not in ("pythia", "smollm2"):
-            from .errors import UserError
-
             raise UserError(f"unknown workload {w!r}: choose from pythia, smollm2")
     if a.convergence_targets < 0 or a.convergence_restarts < 1:
-        from .errors import UserError
-
         raise UserError("--convergence-targets must be >= 0 and --convergence-restarts >= 1")
     result = run_bench(workloads, a.device, a.problems, a.steps, a.baseline_steps, a.batch_size, a.json,
                        log=lambda m: print(m, file=sys.stderr, flush=True), convergence_targets=a.convergence_targets,

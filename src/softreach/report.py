@@ -38,6 +38,11 @@ EXPERIMENTS = {
     "exp5_raw": ("Exp 5A raw", "real activations, raw dimensions corrupted (all fractions pooled)"),
     "exp5_pca": ("Exp 5B PCA", "real activations, top PCA directions corrupted (all fractions pooled)"),
 }
+# folder name -> short label for figure legends (sweep figures)
+SHORT_LABELS = {"exp1": "Exp 1 real", "exp1b": "Exp 1b nearest tokens", "exp2a": "Exp 2a matched random",
+                "exp2b": "Exp 2b raw random", "exp3": "Exp 3 interpolation", "exp4_no_attn": "Exp 4 no attention",
+                "exp4_no_mlp": "Exp 4 no MLP", "exp5_raw": "Exp 5A raw corruption",
+                "exp5_pca": "Exp 5B PCA corruption"}
 SWEEPS = ("exp3", "exp5_raw", "exp5_pca")  # rows mix several conditions (alpha or fraction)
 ABLATION_LABELS = {"exp1": "Full model", "exp4_no_attn": "No attention (FFN only)",
                    "exp4_no_mlp": "No MLP (attention only)"}

@@ -530,18 +530,15 @@ def collect(out: str | Path, figures: bool = True):
 
 # ---------------------------------------------------------------- the sweep report
 
-LEGEND = {"exp1": "Exp 1 real", "exp1b": "Exp 1b nearest tokens", "exp2a": "Exp 2a matched random",
-          "exp2b": "Exp 2b raw random", "exp3": "Exp 3 interpolation", "exp4_no_attn": "Exp 4 no attention",
-          "exp4_no_mlp": "Exp 4 no MLP", "exp5_raw": "Exp 5A raw corruption", "exp5_pca": "Exp 5B PCA corruption"}
-
-
 def _series(df, model: str, column: str) -> dict[str, tuple[list, list]]:
     """label -> (layers, values) for one model: one line per condition and override combination."""
+    from .report import SHORT_LABELS
+
     out = {}
     sub = df[df["model"] == model]
     for (cond, combo), g in sub.groupby(["condition", "overrides"], sort=False):
         g = g.sort_values("layer")
-        label = LEGEND.get(cond, cond) + (f" [{combo}]" if combo else "")
+        label = SHORT_LABELS.get(cond, cond) + (f" [{combo}]" if combo else "")
         out[label] = (g["layer"].tolist(), g[column].tolist())
     return out
 
