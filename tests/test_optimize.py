@@ -36,8 +36,9 @@ def test_optimisation_improves_the_match(tiny_lm):
     target = _targets(tiny_lm, 3)
     init = initial_prompts([(i, 0) for i in range(3)], 6, tiny_lm.d_model, 1.0, seed=0)
     res = optimise(tiny_lm, 2, target, init, OptimConfig(steps=150, lr=0.05))
-    assert (res.cos_curve[:, -1] > res.cos_curve[:, 0] + 0.1).all()
-    assert res.cos_curve[:, -1].median() > 0.9
+    best = torch.nan_to_num(res.cos_curve, nan=-2.0).max(1).values  # problems may stop early
+    assert (best > res.cos_curve[:, 0] + 0.1).all()
+    assert best.median() > 0.9
 
 
 def test_initial_prompts_do_not_depend_on_the_batch():
@@ -100,8 +101,8 @@ def test_cosine_schedule_is_a_function_of_the_step():
 def test_bfloat16_compute_tracks_float32(tiny_lm):
     target = _targets(tiny_lm, 4)
     init = initial_prompts([(i, 0) for i in range(4)], 6, tiny_lm.d_model, 1.0, seed=0)
-    f32 = optimise(tiny_lm, 2, target, init, OptimConfig(steps=100, lr=0.05))
-    bf16 = optimise(tiny_lm, 2, target, init, OptimConfig(steps=100, lr=0.05, dtype="bfloat16"))
+    f32 = optimise(tiny_lm, 2, target, init, OptimConfig(steps=100, lr=0.05, early_stop=False))
+    bf16 = optimise(tiny_lm, 2, target, init, OptimConfig(steps=100, lr=0.05, dtype="bfloat16", early_stop=False))
     assert bf16.soft_prompt.dtype == torch.float32
     assert abs(float(f32.cos_curve[:, -1].median() - bf16.cos_curve[:, -1].median())) < 0.02
     assert tiny_lm.model.dtype == torch.float32  # the float32 model is untouched

@@ -157,8 +157,11 @@ def test_synthesis_has_every_experiment_with_its_medians(full_suite):
     assert set(rows) == set(LABELS.values())
     for name, label in LABELS.items():
         data = _rows(name, root)
-        for col, key in ((2, "cos"), (3, "cos_no_pos0"), (4, "mse"), (5, "floor_cos")):
+        for col, key in ((3, "cos_no_pos0"), (5, "floor_cos_no_pos0"), (9, "cos"), (11, "floor_cos"), (12, "mse")):
             assert _close(rows[label][col], float(np.median([r[key] for r in data]))), (name, key, rows[label])
+        # old rows: no budget, copy baseline or verdicts recorded
+        assert rows[label][1] == "inf" and rows[label][4] == rows[label][10] == "—"
+        assert rows[label][6:9] == ["—", "—", "—"]
     assert "Missing from this run" not in text
 
 
@@ -219,7 +222,7 @@ def test_single_result_folder_is_accepted(tmp_path):
     report = write_report(tmp_path / "run1")
     assert report == tmp_path / "run1" / "report.md"
     text = report.read_text()
-    assert "| Exp 1 | real activations |" in text and "one result folder" in text
+    assert "| Exp 1 | inf | real activations |" in text and "one result folder" in text
     _check_figures(report, text)
     again = write_report(tmp_path / "run1").read_text()  # rerunnable: replaces report and figures in place
     assert again.split("\n", 3)[3] == text.split("\n", 3)[3]
@@ -235,3 +238,174 @@ def test_no_result_folders_is_a_user_error(tmp_path):
         write_report(tmp_path)
     with pytest.raises(UserError, match="is not a folder"):
         write_report(tmp_path / "absent")
+
+
+# ---------------------------------------------------------------- norm budgets (fake folders written as JSON)
+
+TOKEN_NORM = 3.2
+
+
+def _budget_folder(root, name, cos, copy=None, converged=None, budget=None, experiment="exp1", source_budget=None,
+                   floor=0.55):
+    """A result folder written directly as config.json + problems.jsonl + summary.json (no tensors).
+
+    cos: cos w/o pos 0 per target; copy: copy baseline w/o pos 0 per target (None: rows without copy fields, as
+    exp1b); converged: bool per target (None: no verdict fields); budget: relative budget (None = free)."""
+    folder = root / name
+    folder.mkdir(parents=True)
+    rows = []
+    for i, c in enumerate(cos):
+        row = {"index": i, "cos": c - 1e-4, "cos_no_pos0": c, "mse": 0.01 * (i + 1), "mse_no_pos0": 0.009 * (i + 1),
+               "floor_cos": floor + 0.01 * i, "floor_cos_no_pos0": floor - 0.02 + 0.01 * i, "window": 100 + i,
+               "cos_per_position": [c] * T}
+        if copy is not None:
+            row.update({"copy_cos": copy[i] + 1e-4, "copy_cos_no_pos0": copy[i], "copy_scale": 0.5,
+                        "beats_copy": c > copy[i]})
+        if converged is not None:
+            at = budget is not None and not converged[i]
+            row.update({"verdict": "converged" if converged[i] else "norm_limited" if at else "improving",
+                        "converged": converged[i], "steps_run": 100 + 50 * i, "gain_per_100_steps": 1e-3,
+                        "norm_growth_per_100_steps": 0.0, "input_norm_max": TOKEN_NORM * (budget or 5),
+                        "input_norm_mean": TOKEN_NORM, "at_budget": at})
+        rows.append(row)
+    config = {"experiment": experiment, "layer": 3, "ablation": "none", "seed": 0, "device": "cpu", "restarts": 1,
+              "seq_len": T, "corpus": "default", "model": {"source": "tiny/neox", "gguf_file": None, "n_layers": 6,
+                                                           "d_model": D},
+              "optim": {"steps": 400, "lr": 0.1, "init_scale": 1.0, "mse_weight": 0.0},
+              "norm_budget": None if budget is None else budget * TOKEN_NORM, "norm_budget_tokens": budget,
+              "token_norm": TOKEN_NORM}
+    if source_budget is not None:
+        config["source_norm_budget_tokens"] = source_budget
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "problems.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "summary.json").write_text(json.dumps({"n_targets": len(rows), "seconds": 1.0,
+                                                     "problem_steps_per_second": 100.0}))
+    return folder
+
+
+EXP1_COS = {0.5: [0.995, 0.98, 0.97, 0.95, 0.90], 1: [0.999, 0.995, 0.985, 0.97, 0.93],
+            None: [0.9999, 0.999, 0.995, 0.98, 0.95]}
+EXP1_RADIUS = ["0.5", "1", "inf", "not reached", "not reached"]
+
+
+@pytest.fixture(scope="module")
+def budget_suite(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budgets")
+    ok = [True] * 5
+    _budget_folder(root, "exp1_b0.5", EXP1_COS[0.5], copy=[0.4] * 5, converged=ok, budget=0.5)
+    _budget_folder(root, "exp1_b1", EXP1_COS[1], copy=[0.62] * 5, converged=[True, True, True, False, False],
+                   budget=1)  # 60% converged: flagged
+    _budget_folder(root, "exp1", EXP1_COS[None], copy=[0.9995] * 5, converged=ok)  # the bypass wins: 1 of 5 beat it
+    _budget_folder(root, "exp1b_b1", [0.6, 0.62, 0.58, 0.61, 0.6], budget=None, experiment="exp1b", source_budget=1)
+    _budget_folder(root, "exp2b_b1", [0.73, 0.7, 0.75, 0.72, 0.71], copy=[0.007] * 5, converged=ok, budget=1,
+                   experiment="exp2", floor=0.02)
+    _budget_folder(root, "exp2b", [0.97, 0.96, 0.98, 0.97, 0.99], copy=[0.999] * 5, converged=ok,
+                   experiment="exp2", floor=0.02)
+    (root / "exp4_analysis_b1.json").write_text(json.dumps({"correlations": [_corr("full", "no_mlp", 0.5, 0.01,
+                                                                                    0.45, 0.02)]}))
+    (root / "suite.json").write_text(json.dumps({"config": {"run": {"norm_budgets": ["0.5", "1", "inf"]}}}))
+    return root, write_report(root)
+
+
+def _section(text, title):
+    return text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_budget_folders_sit_next_to_their_experiment():
+    from softreach.report import _run_order, split_budget
+
+    assert split_budget("exp4_no_mlp_b0.5") == ("exp4_no_mlp", 0.5)
+    assert split_budget("exp2b") == ("exp2b", float("inf"))
+    assert split_budget("exp1b_b1") == ("exp1b", 1.0)
+    assert split_budget("exp1b", {"norm_budget_tokens": None, "source_norm_budget_tokens": 1}) == ("exp1b", 1.0)
+    names = ["exp2b", "exp1", "foo", "exp1_b1", "exp4_no_mlp_b1", "exp1b_b1", "exp1_b0.5", "exp4_no_mlp", "exp1b"]
+    assert _run_order(names) == ["exp1_b0.5", "exp1_b1", "exp1", "exp1b_b1", "exp1b", "exp2b", "exp4_no_mlp_b1",
+                                 "exp4_no_mlp", "foo"]
+
+
+def test_synthesis_has_a_row_per_budget_with_copy_marks_and_flags(budget_suite):
+    root, report = budget_suite
+    text = report.read_text()
+    rows = _table_after(_section(text, "Synthesis"), "| Experiment")
+    assert [(r[0], r[1]) for r in rows] == [("Exp 1", "0.5"), ("Exp 1", "1"), ("Exp 1", "inf"), ("Exp 1b", "1"),
+                                            ("Exp 2b", "1"), ("Exp 2b", "inf")]
+    by = {(r[0], r[1]): r for r in rows}
+    for budget, key in ((0.5, "0.5"), (1, "1"), (None, "inf")):
+        assert _close(by["Exp 1", key][3].rstrip(" †"), float(np.median(EXP1_COS[budget])))
+    assert _close(by["Exp 1", "1"][4], 0.62) and _close(by["Exp 2b", "1"][4], 0.007)  # copy baseline w/o pos 0
+    assert _close(by["Exp 1", "1"][5], 0.55 - 0.02 + 0.02)  # floor w/o pos 0 (median of 0.53 .. 0.57)
+    assert by["Exp 1", "1"][7] == "⚠ 60%" and by["Exp 1", "0.5"][7] == "100%"  # share converged, flagged < 90%
+    assert by["Exp 1", "1"][6] == "100%" and by["Exp 1", "1"][8] == "200"  # beats copy, median steps
+    # free Exp 1 and Exp 2b do not beat the copy baseline: marked
+    assert by["Exp 1", "inf"][3].endswith("†") and by["Exp 1", "inf"][6] == "**20%**"
+    assert by["Exp 2b", "inf"][3].endswith("†") and by["Exp 2b", "inf"][6] == "**0%**"
+    assert "†" not in by["Exp 1", "1"][3] and "†" not in by["Exp 2b", "1"][3]
+    assert by["Exp 1b", "1"][4] == "—" and by["Exp 1b", "1"][6:9] == ["—", "—", "—"]  # no copy, no convergence
+    assert "† after a cosine" in text and "⚠ before a share converged" in text
+    missing = text.split("Missing from this run", 1)[1].split("\n", 1)[0]
+    for name in ("`exp1b_b0.5/`", "`exp1b/`", "`exp2a_b1/`", "`exp4_analysis.json`", "`exp4_analysis_b0.5.json`"):
+        assert name in missing
+    assert "`exp1_b1/`" not in missing and "`exp4_analysis_b1.json`" not in missing
+
+
+def test_budget_section_table_radius_and_figure(budget_suite):
+    root, report = budget_suite
+    text = report.read_text()
+    section = _section(text, "Norm budgets")
+    table = {r[0]: r for r in _table_after(section, "| Experiment | budget 0.5")}
+    assert table["Exp 1"][1].startswith(f"{np.median(EXP1_COS[0.5]):.4f} (copy 0.4000, floor 0.5500)")
+    assert table["Exp 1"][3].startswith(f"{np.median(EXP1_COS[None]):.4f} †")
+    assert table["Exp 2b"][1] == "—" and table["Exp 2b"][2].startswith("0.7200 (copy 0.0070")
+    assert "![fidelity against norm budget](figures/budgets.png)" in section
+    assert "≥ 0.99" in section
+    radius = {r[0]: r[1:] for r in _table_after(section, "| Experiment | t0")}
+    assert radius["Exp 1"] == EXP1_RADIUS
+    assert radius["Exp 2b"] == ["not reached"] * 4 + ["inf"]
+    counts = {r[0]: r[1:] for r in _table_after(section, "| Experiment | ≤ 0.5")}
+    assert counts["Exp 1"] == ["1/5", "2/5", "3/5"] and counts["Exp 2b"] == ["—", "0/5", "1/5"]
+    assert "| 1 | full | no_mlp | 0.500 |" in section  # Exp 4 correlations at budget 1
+    _check_figures(report, text)
+    assert (root / "figures" / "budgets.png").is_file()
+
+
+def test_condition_blocks_show_copy_baseline_and_verdicts(budget_suite, full_suite):
+    _, report = budget_suite
+    text = report.read_text()
+    block = text.split("### Exp 1 (budget 1): real activations (`exp1_b1/`)", 1)[1].split("\n### ", 1)[0]
+    assert "input-norm budget 1 × the mean token-embedding norm (cap 3.200)" in block
+    assert "| copy baseline without position 0 | 0.6200 |" in block and "| steps run | 200.0 |" in block
+    assert "Verdicts: converged 3, norm-limited 2, improving 0 of 5 (share converged ⚠ 60%)" in block
+    assert "beats its copy baseline: 5 of 5 (100%)" in block
+    free = text.split("### Exp 1: real activations (`exp1/`)", 1)[1].split("\n### ", 1)[0]
+    assert "1 of 5 (20%) †" in free and "free input norm" in free
+    assert "inputs projected from solutions found at input-norm budget 1" in text  # exp1b_b1
+    # old folders (no copy or verdict fields): the blocks say so, the synthesis shows dashes
+    old = full_suite[1].read_text()
+    assert "_No verdicts or copy baseline recorded in this folder._" in old
+    assert "convergence (cos change over last 20% of steps)" in old
+    assert "_Not in this run: norm-budgeted result folders" in old
+
+
+def test_single_budgeted_folder(tmp_path):
+    _budget_folder(tmp_path, "exp1_b1", EXP1_COS[1], copy=[0.62] * 5, converged=[True] * 5, budget=1)
+    text = write_report(tmp_path / "exp1_b1").read_text()
+    assert [(r[0], r[1]) for r in _table_after(_section(text, "Synthesis"), "| Experiment")] == [("Exp 1", "1")]
+    assert "### Exp 1 (budget 1): real activations (`exp1_b1/`)" in text
+    assert {r[0]: r[1:] for r in _table_after(text, "| Experiment | t0")}["Exp 1"] == [
+        "1", "1", "not reached", "not reached", "not reached"]
+    _check_figures(tmp_path / "exp1_b1" / "report.md", text)
+
+
+def test_loss_curves_of_early_stopped_targets(tmp_path):
+    import warnings
+
+    from softreach import plots
+
+    c = np.full((3, 50), np.nan)
+    c[0, :10], c[1, :20], c[2, :1] = np.linspace(1, 0.1, 10), np.linspace(1, 0.01, 20), 0.5  # stopped early
+    filled = plots._carry_forward(c)
+    assert filled.shape == (3, 20) and filled[0, -1] == c[0, 9] and filled[2, -1] == 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = plots.loss_curves({"a": c, "b": np.full((2, 5), np.nan), "one step": c[2:, :]}, tmp_path / "l.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

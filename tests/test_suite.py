@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 from softreach.cli import main
 
 VERIFY = Path(__file__).resolve().parents[2] / "shared" / "checks" / "verify_run.py"
-FOLDERS = ["exp1", "exp1b", "exp4_no_attn", "exp4_no_mlp", "exp2a", "exp2b", "exp3", "exp5_raw", "exp5_pca"]
+CONDITIONS = ["exp1", "exp1b", "exp4_no_attn", "exp4_no_mlp", "exp2a", "exp2b", "exp3", "exp5_raw", "exp5_pca"]
+FOLDERS = [c + suffix for c in CONDITIONS for suffix in ("_b1", "")]  # the quick preset: budgets 1 and inf
 
 
 def suite_args(model_dir, out, *extra):
@@ -70,16 +71,16 @@ def test_sigkill_and_resume_equals_an_uninterrupted_run(finished_suite):
     cmd = [sys.executable, "-m", "softreach.cli"] + suite_args(finished_suite / "tiny", out)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpt = out / ".checkpoints" / "exp2a"
+    ckpt = out / ".checkpoints" / "exp2a_b1"
     deadline = time.time() + 120
     while time.time() < deadline and not list(ckpt.glob("chunk_*.pt")):
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list(ckpt.glob("chunk_*.pt")), "the run never reached exp2a's first checkpoint"
-    assert not (out / "exp2a").exists(), "killed too late: exp2a had already finished"
+    assert not (out / "exp2a_b1").exists(), "killed too late: exp2a had already finished"
     done_before = {n: (out / n / "tensors.safetensors").stat().st_mtime_ns for n in FOLDERS if (out / n).exists()}
-    assert "exp1" in done_before and "exp4_no_mlp" in done_before
+    assert "exp1" in done_before and "exp4_no_mlp" in done_before and "exp1_b1" in done_before
     assert main(suite_args(finished_suite / "tiny", out)) == 0
     for name, mtime in done_before.items():  # nothing already computed was recomputed
         assert (out / name / "tensors.safetensors").stat().st_mtime_ns == mtime

@@ -171,11 +171,14 @@ def test_local_backend_writes_every_cell_and_collect_builds_the_table(local_out)
             assert {"config.json", "tensors.safetensors", "problems.jsonl"} <= {p.name for p in folder.iterdir()}
     assert not list((local_out / "cells").glob("*/.checkpoints"))
     df = collect(local_out)
-    assert (local_out / "cells.parquet").is_file() and len(df) == len(SLUGS) * len(CONDITIONS)
+    assert (local_out / "cells.parquet").is_file() and len(df) == len(SLUGS) * len(CONDITIONS) * 2  # budgets 1, inf
     import pandas as pd
 
     assert pd.read_parquet(local_out / "cells.parquet").equals(df)
-    assert sorted(set(zip(df["cell"], df["condition"]))) == sorted((s, c) for s in SLUGS for c in CONDITIONS)
+    assert sorted(set(zip(df["cell"], df["condition"]))) == sorted(
+        (s, c + b) for s in SLUGS for c in CONDITIONS for b in ("", "_b1"))
+    assert sorted(set(df["norm_budget"])) == [1.0, float("inf")]
+    assert (df["copy_cos_no_pos0"].notna()).all() and ((df["share_converged"] >= 0) & (df["share_converged"] <= 1)).all()
     row = df[(df["cell"] == "tiny3__L02") & (df["condition"] == "exp1")].iloc[0]
     rows = [json.loads(x) for x in (local_out / "cells" / "tiny3__L02" / "exp1" / "problems.jsonl").read_text().splitlines()]
     assert row["median_cos"] == pytest.approx(float(torch.tensor([r["cos"] for r in rows], dtype=torch.float64)
@@ -225,7 +228,7 @@ def test_a_folder_made_by_another_grid_is_refused(root, local_out):
 
 def test_cli_collect_and_dry_run(root, local_out, capsys):
     assert cli(["collect", str(local_out)]) == 0
-    assert "cells.parquet (10 rows)" in capsys.readouterr().out
+    assert "cells.parquet (20 rows)" in capsys.readouterr().out  # 5 cells x 2 experiments x budgets 1 and inf
     assert cli(["sweep", str(root / "grid.yaml"), "--dry-run", "--rate", "10"]) == 0
     out = capsys.readouterr().out
     assert "5 cells, 300 problem-steps" in out and "tiny3__L03  60 problem-steps" in out

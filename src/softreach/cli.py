@@ -33,7 +33,11 @@ OPTIM_FLAGS = {
     "--batch-size": ("batch_size", int, "problems per batched step"),
     "--prune-after": ("prune_after", int, "steps after which only the best restart of each target goes on (0: off)"),
     "--memory-budget-mb": ("memory_budget_mb", float, "memory a batched step may use (MiB); the batch is split to fit"),
-    "--schedule": ("schedule", str, "learning-rate schedule: constant or cosine"),
+    "--schedule": ("schedule", str, "learning-rate schedule: plateau (per problem), constant or cosine"),
+    "--start": ("start", str, "copy (restart 0 from the best scaled copy / the smaller budget's solution) or random"),
+    "--tol": ("tol", float, "convergence tolerance: loss gain (1 - cos) per window below which a problem has converged"),
+    "--window": ("window", int, "steps per convergence window"),
+    "--plateau-decays": ("plateau_decays", int, "learning-rate halvings before a stalled window counts as converged"),
     "--dtype": ("dtype", str, "compute dtype: float32 or bfloat16 (metrics always float32)"),
 }
 
@@ -43,6 +47,10 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument(flag, type=typ, default=None, help=text)
     p.add_argument("--skip-pos0", action=argparse.BooleanOptionalAction, default=None,
                    help="leave position 0 out of the loss (default: on; the seed preset: off)")
+    p.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=None,
+                   help="converged problems leave the batch (default: on; the seed preset: off)")
+    p.add_argument("--norm-budget", nargs="+", default=None, metavar="B",
+                   help="input-norm budgets in units of the mean token-embedding norm, e.g. 1 inf (inf = free)")
     p.add_argument("--out", required=True, help="folder to create (or resume, for suites)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -54,6 +62,12 @@ def overrides(a: argparse.Namespace) -> tuple[dict, dict]:
     optim = {f: getattr(a, f) for f, _, _ in OPTIM_FLAGS.values() if getattr(a, f) is not None}
     if a.skip_pos0 is not None:
         optim["skip_pos0"] = a.skip_pos0
+    if a.early_stop is not None:
+        optim["early_stop"] = a.early_stop
+    if a.norm_budget is not None:
+        from .budget import parse_budgets
+
+        run["norm_budgets"] = parse_budgets(a.norm_budget)
     return run, optim
 
 
@@ -97,7 +111,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .optimize import OptimConfig
 
     run, optim = overrides(a)
-    if a.experiment == "exp1":
+    if a.experiment == "exp1" and len(run.get("norm_budgets", ())) <= 1 and not _preset_budgets(a.preset, run):
         from .exp1 import run_exp1
         from .presets import preset
 
@@ -114,6 +128,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     sets = parse_sets(a.set)
     sets["experiments"] = ("exp1", a.experiment) if a.experiment in NEEDS_EXP1 else (a.experiment,)
     return _run_suite(build_suite_config(a.preset, run, optim, sets), a)
+
+
+def _preset_budgets(preset_name: str | None, run: dict) -> bool:
+    """Whether a preset (without a --norm-budget override) asks for several budgets."""
+    from .presets import preset
+
+    return "norm_budgets" not in run and bool(preset_name) and len(preset(preset_name)["run"].get("norm_budgets", ())) > 1
 
 
 def cmd_suite(a: argparse.Namespace) -> int:

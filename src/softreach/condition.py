@@ -11,10 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .budget import clip_norms
+from .copy_baseline import copy_baseline
 from .floor import random_token_floor
-from .metrics import problem_metrics
+from .metrics import problem_metrics, reachability_loss
 from .models import LoadedModel
-from .optimize import ChunkCheckpoint, OptimConfig, initial_prompts, optimise
+from .optimize import ChunkCheckpoint, OptimConfig, OptimResult, initial_prompts, optimise
 from .residual import residual_at
 
 
@@ -43,43 +45,110 @@ def achieved_residuals(lm: LoadedModel, soft: torch.Tensor, layer: int, ablation
 
 def solve_condition(lm: LoadedModel, layer: int, target: torch.Tensor, restarts: int, optim: OptimConfig,
                     seed: int, corpus_mean: torch.Tensor | None = None, ablation: str = "none",
-                    floor_draws: int = 4, progress=None, checkpoint: ChunkCheckpoint | None = None) -> ConditionResult:
-    """Optimise every target from `restarts` random starts and measure the outcome. target: [N, T, d]."""
+                    floor_draws: int = 4, progress=None, checkpoint: ChunkCheckpoint | None = None,
+                    cap: float | None = None, warm_start: torch.Tensor | None = None) -> ConditionResult:
+    """Optimise every target from `restarts` starts within the norm cap and measure the outcome.
+
+    target: [N, T, d]; cap: absolute cap on each input vector's norm (None: free); warm_start: [N, T, d]
+    solutions of the same targets under a smaller budget (feasible here). With optim.start == "copy",
+    restart 0 starts from the better of the best scaled copy and the warm start, and the result is never
+    worse (in the loss) than the warm start, so fidelity cannot fall as the budget grows.
+    """
     n, t, d = target.shape
     keys = [(i, r) for i in range(n) for r in range(restarts)]
-    init = initial_prompts(keys, t, d, optim.init_scale, seed)  # [N*R, T, d]
+    init = clip_norms(initial_prompts(keys, t, d, optim.init_scale, seed), cap)  # [N*R, T, d]
+    copy = copy_baseline(lm, layer, target, cap, ablation, optim.skip_pos0, optim.batch_size, start_tol=optim.tol / 2)
+    warm_loss = None
+    if optim.start == "copy":
+        first = copy.inputs
+        if warm_start is not None:
+            warm_start = clip_norms(warm_start.float(), cap)
+            warm_loss = objective(lm, layer, warm_start, target, optim, ablation)
+            use_warm = warm_loss <= objective(lm, layer, copy.inputs, target, optim, ablation)
+            first = torch.where(use_warm.view(-1, 1, 1), warm_start, copy.inputs)
+        init[0::restarts] = first
     repeated = target.repeat_interleave(restarts, dim=0)  # [N*R, T, d]
-    res = optimise(lm, layer, repeated, init, optim, ablation, progress, checkpoint, group=restarts)
-    achieved = achieved_residuals(lm, res.soft_prompt, layer, ablation, optim.batch_size)
+    res = optimise(lm, layer, repeated, init, optim, ablation, progress, checkpoint, group=restarts, max_norm=cap)
+    best = res.best_loss.view(n, restarts).argmin(1)  # [N] best restart by the loss it minimised
+    rows_of_best = torch.arange(n) * restarts + best
+    soft = res.soft_prompt.clone()
+    if warm_loss is not None:  # keep the smaller budget's solution where it is better (it is feasible here)
+        worse = res.best_loss[rows_of_best] > warm_loss
+        soft[rows_of_best[worse]] = warm_start[worse]
+    achieved = achieved_residuals(lm, soft, layer, ablation, optim.batch_size)
     m = problem_metrics(achieved, repeated, corpus_mean)
     cos = m["cos"].view(n, restarts)
-    ran_to_end = ~torch.isnan(res.cos_curve[:, -1]).view(n, restarts)  # False for pruned restarts
-    best = torch.where(ran_to_end, cos, torch.full_like(cos, -torch.inf)).argmax(1)  # [N]
-    rows_of_best = torch.arange(n) * restarts + best
-    s = optim.steps
-    at_80 = res.cos_curve[:, min(int(0.8 * s), s - 1)]  # cosine after 80% of the steps
-    convergence = (m["cos"] - at_80).view(n, restarts)
     floor = random_token_floor(lm, target, layer, seed, floor_draws, ablation) if floor_draws else {}
     problems = metric_rows(m, rows_of_best, floor)
+    verdicts = convergence_verdicts(res, soft, cap, optim)
     for i, rec in enumerate(problems):
         row = int(rows_of_best[i])
         rec["best_restart"] = int(best[i])
         rec["restart_cos"] = [float(x) for x in cos[i]]
         rec["restart_mse"] = [float(x) for x in m["mse"].view(n, restarts)[i]]
         rec["restart_spread"] = float(cos[i].max() - cos[i].min())
-        rec["convergence_delta"] = float(convergence[i, best[i]])
-        rec["final_loss"] = float(res.loss_curve[row, -1])
-    summary = summarise(problems, optim.problem_steps(n, restarts), res.seconds)
+        rec["final_loss"] = float(res.best_loss[row])
+        rec["copy_cos"] = float(copy.cos[i])
+        rec["copy_cos_no_pos0"] = float(copy.cos_no_pos0[i])
+        rec["copy_scale"] = float(copy.scale[i])
+        key = "cos_no_pos0" if optim.skip_pos0 and "cos_no_pos0" in rec else "cos"
+        rec["beats_copy"] = bool(rec[key] > rec[f"copy_{key}"])
+        rec.update(verdicts[row])
+        if warm_loss is not None:
+            rec["start"] = "warm" if bool(use_warm[i]) else "copy"
+    summary = summarise(problems, int(res.steps_run.sum()), res.seconds)
+    s = optim.steps
     return ConditionResult(
-        soft_prompt=res.soft_prompt[rows_of_best],
+        soft_prompt=soft[rows_of_best],
         target=target.float(),
-        all_soft_prompts=res.soft_prompt.view(n, restarts, t, d),
+        all_soft_prompts=soft.view(n, restarts, t, d),
         loss_curve=res.loss_curve.view(n, restarts, s),
         cos_curve=res.cos_curve.view(n, restarts, s),
         problems=problems,
         summary=summary,
         seconds=res.seconds,
     )
+
+
+@torch.no_grad()
+def objective(lm: LoadedModel, layer: int, inputs: torch.Tensor, target: torch.Tensor, optim: OptimConfig,
+              ablation: str = "none") -> torch.Tensor:
+    """The loss the optimiser minimises, for fixed inputs: [N, T, d] -> [N]."""
+    achieved = achieved_residuals(lm, inputs, layer, ablation, optim.batch_size)
+    return reachability_loss(achieved, target.float(), optim.mse_weight, optim.skip_pos0, optim.mse_norm)[0]
+
+
+def convergence_verdicts(res: OptimResult, soft: torch.Tensor, cap: float | None, optim: OptimConfig) -> list[dict]:
+    """Per problem (row of res): steps run, the verdict and what it rests on.
+
+    converged     the convergence criterion stopped it (see OptimConfig.tol / window / plateau_decays);
+    norm_limited  steps ran out while its vectors sit at the norm cap, or their mean norm still grows
+                  (> 1% per 100 steps: the gain comes from a larger input, as the copy route does);
+    improving     steps ran out while it still gained (`gain_per_100_steps`, in loss units).
+    """
+    out = []
+    w = optim.window
+    for row in range(res.loss_curve.shape[0]):
+        k = int(res.steps_run[row])
+        best = torch.cummin(torch.nan_to_num(res.loss_curve[row, :k], nan=math.inf), 0).values
+        back = max(0, k - 1 - w)
+        span = max(1, k - 1 - back)
+        gain = float(best[back] - best[k - 1]) * 100 / span if k > 1 else 0.0
+        norms = res.norm_curve[row, :k]
+        growth = float((norms[k - 1] - norms[back]) / norms[back].clamp_min(1e-12)) * 100 / span if k > 1 else 0.0
+        top = float(soft[row].norm(dim=-1).max())
+        at_cap = cap is not None and top >= cap * (1 - 1e-3)
+        if bool(res.converged[row]):
+            verdict = "converged"
+        elif at_cap or growth > 0.01:
+            verdict = "norm_limited"
+        else:
+            verdict = "improving"
+        out.append({"verdict": verdict, "converged": bool(res.converged[row]), "steps_run": k,
+                    "gain_per_100_steps": gain, "norm_growth_per_100_steps": growth,
+                    "input_norm_max": top, "input_norm_mean": float(soft[row].norm(dim=-1).mean()),
+                    "at_budget": bool(at_cap)})
+    return out
 
 
 def metric_rows(m: dict, rows: torch.Tensor, floor: dict) -> list[dict]:
@@ -125,6 +194,12 @@ def summarise(problems: list[dict], problem_steps: int, seconds: float) -> dict:
     keys = [k for k, v in problems[0].items() if isinstance(v, float) and k != "index"]
     out = {k: _stats([p[k] for p in problems]) for k in keys if all(math.isfinite(p[k]) for p in problems)}
     out["n_targets"] = len(problems)
+    if "verdict" in problems[0]:
+        out["steps_run"] = _stats([float(p["steps_run"]) for p in problems])
+        out["share_converged"] = sum(p["converged"] for p in problems) / len(problems)
+        out["verdicts"] = {v: sum(p["verdict"] == v for p in problems) for v in ("converged", "norm_limited", "improving")}
+    if "beats_copy" in problems[0]:
+        out["share_beats_copy"] = sum(p["beats_copy"] for p in problems) / len(problems)
     out["seconds"] = seconds
     out["problem_steps_per_second"] = problem_steps / seconds if seconds > 0 else float("nan")
     return out

@@ -1,8 +1,10 @@
 """The settings of one experiment run, validated on creation."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
+from .budget import budget_label, parse_budgets
 from .corpus import DEFAULT_CORPUS
 from .errors import UserError
 from .models import DEFAULT_MODEL
@@ -36,11 +38,15 @@ class RunConfig:
     """Random-token draws per target for the floor."""
     mean_windows: int = 256
     """Corpus windows averaged for the per-position mean residual (centred cosine, FVU)."""
+    norm_budgets: tuple = (math.inf,)
+    """Input-norm budgets, in units of the mean token-embedding norm (inf = free); each condition runs
+    at every budget, smallest first, each warm-started from the one before."""
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self):
         if isinstance(self.optim, dict):
             self.optim = OptimConfig(**self.optim)
+        self.norm_budgets = parse_budgets(self.norm_budgets)
         if self.targets < 1:
             raise UserError(f"--targets must be at least 1, got {self.targets}")
         if self.restarts < 1:
@@ -55,4 +61,5 @@ class RunConfig:
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["optim"] = self.optim.to_dict()
+        out["norm_budgets"] = [budget_label(b) for b in self.norm_budgets]
         return out

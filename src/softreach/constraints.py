@@ -182,8 +182,9 @@ class LadderSettings:
     and GCG's random start); "normal" = init_scale * N(0, 1), the log's protocol (far from every token)."""
     init_scale: float = 1.0
     """Scale of the "normal" start, and of the mixture logits' start init_scale * N(0, 1)."""
-    schedule: str = _ENGINE.schedule
-    """Learning-rate schedule of the optimised rungs: "cosine" (the engine's default) or "constant"."""
+    schedule: str = "cosine"
+    """Learning-rate schedule of the optimised rungs: "cosine" or "constant" (every rung runs all its steps:
+    the ladder compares rungs at equal cost, so no early stopping)."""
     mse_weight: float = _ENGINE.mse_weight
     """Weight of the MSE term of the loss (every rung, GCG included); the engine's default."""
     skip_pos0: bool = _ENGINE.skip_pos0
@@ -245,7 +246,8 @@ class LadderSettings:
         """The engine's config for an optimised rung with learning rate `lr`."""
         return OptimConfig(steps=self.steps, lr=lr, init_scale=self.init_scale, mse_weight=self.mse_weight,
                            skip_pos0=self.skip_pos0, mse_norm=self.mse_norm, batch_size=self.batch_size,
-                           memory_budget_mb=self.memory_budget_mb, schedule=self.schedule, prune_after=0)
+                           memory_budget_mb=self.memory_budget_mb, schedule=self.schedule, prune_after=0,
+                           early_stop=False)
 
     def to_dict(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -7,9 +7,11 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .budget import absolute_cap, budget_fields
 from .condition import ConditionResult, solve_condition
 from .config import RunConfig
 from .corpus import load_corpus_text
+from .errors import UserError
 from .models import LoadedModel, load_model
 from .progress import StepBar
 from .residual import check_layer
@@ -82,13 +84,17 @@ def run_exp1(cfg: RunConfig, out: str | Path | None = None, overwrite: bool = Fa
     tokens, target, window_idx = real_targets(lm, windows, layer, cfg.targets, cfg.seed)
     mu = mean_residual(lm, windows, layer, cfg.mean_windows, cfg.seed)
     total = cfg.optim.problem_steps(cfg.targets, cfg.restarts)
+    if len(cfg.norm_budgets) != 1:
+        raise UserError("run_exp1 writes one result folder: give one norm budget (the suite runs several)")
+    budget = cfg.norm_budgets[0]
     with StepBar(total, "exp1", show_progress) as bar:
         result = solve_condition(lm, layer, target, cfg.restarts, cfg.optim, cfg.seed, mu, cfg.ablation,
-                                 cfg.floor_draws, progress=bar.update)
+                                 cfg.floor_draws, progress=bar.update, cap=absolute_cap(lm, budget))
     for i, p in enumerate(result.problems):
         p["window"] = int(window_idx[i])
         p["text"] = lm.tokenizer.decode(tokens[i])
     config = resolved_config(cfg, lm, layer, "exp1")
+    config.update(budget_fields(lm, budget))
     if out is not None:
         write_condition(Path(out), result, config, "Experiment 1: reachability of real activations", overwrite,
                         tokens=tokens, extra_tensors={"corpus_mean": mu})

@@ -1,27 +1,37 @@
 """The batched soft-prompt optimiser.
 
 Many problems (target x restart) are optimised in one batch with their losses summed. Adam is
-per-element and the model treats batch rows independently, so each problem follows the
-trajectory it would follow alone. Weights are frozen: only the inputs get gradients, and the
-forward stops at the target layer.
+per-element (here with a learning rate per problem) and the model treats batch rows independently,
+so each problem follows the trajectory it would follow alone. Weights are frozen: only the inputs
+get gradients, and the forward stops at the target layer.
+
+Each problem keeps its best iterate (lowest loss seen), may carry an input-norm cap (every vector's
+norm is clipped to it after every step), and leaves the batch once it has converged (its best loss is
+below `tol`, or the second half of its run gained less than `tol`). With the "plateau" schedule a
+problem whose best loss stalls over a window has its own learning rate halved.
 """
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field, fields
 from typing import Callable
 
 import torch
 
+from .budget import clip_norms
 from .errors import UserError
 from .metrics import reachability_loss
 from .models import LoadedModel
 from .residual import residual_at
 
-
-# The research log's optimiser, kept for replication (`--preset seed`).
+# The research log's optimiser, kept for replication (`--preset seed`): N(0,1) starts, no early stop.
 LOG_OPTIM = dict(steps=1000, lr=0.01, init_scale=1.0, mse_weight=0.01, skip_pos0=False, mse_norm="none",
-                 schedule="constant", prune_after=0)
+                 schedule="constant", prune_after=0, start="random", early_stop=False)
+SCHEDULES = ("plateau", "constant", "cosine")
+STARTS = ("copy", "random")
+
+_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 
 
 @dataclass
@@ -29,12 +39,15 @@ class OptimConfig:
     """How each soft prompt is optimised. The defaults are the fastest settings measured on SmolLM2
     (see README, "Speed"); LOG_OPTIM holds the research log's settings."""
 
-    steps: int = 200
-    """Adam steps per problem."""
-    lr: float = 0.1
-    """Adam learning rate (peak, with the cosine schedule)."""
+    steps: int = 600
+    """Maximum Adam steps per problem (problems that converge stop earlier)."""
+    lr: float = 0.2
+    """Adam learning rate (the peak, or the start of the plateau schedule)."""
     init_scale: float = 1.0
-    """Soft prompts start as init_scale * N(0, 1)."""
+    """Random starts are init_scale * N(0, 1)."""
+    start: str = "copy"
+    """"copy": the first restart starts from the better of the best scaled copy of the target and a warm
+    start from the next smaller norm budget; other restarts from random. "random": every restart random."""
     mse_weight: float = 0.0
     """Weight of the MSE term beside the mean (1 - cos); the log used 0.01."""
     skip_pos0: bool = True
@@ -47,10 +60,21 @@ class OptimConfig:
     """After this many steps only the best restart of each target goes on (0: all restarts run to the end)."""
     memory_budget_mb: float | None = None
     """Memory the batched step may use, in MiB; the batch is split to fit. None: half of what is free."""
-    schedule: str = "cosine"
-    """Learning-rate schedule: "constant", or "cosine" (from lr down to lr * final_lr_frac over the steps)."""
+    schedule: str = "plateau"
+    """Learning-rate schedule: "plateau" (halved per problem when its loss stalls), "constant", or "cosine"
+    (from lr down to lr * final_lr_frac over the steps)."""
     final_lr_frac: float = 0.0
     """End of the cosine schedule, as a fraction of lr."""
+    tol: float = 1e-3
+    """Convergence tolerance, in loss units (for the default loss: cosine): a problem has converged when
+    its best loss is below tol or the second half of its run gained less than tol."""
+    window: int = 20
+    """Steps between convergence checks (and the plateau schedule's look-back)."""
+    plateau_decays: int = 6
+    """With the plateau schedule: at most this many learning-rate halvings, each when a window gains
+    less than tol / 100."""
+    early_stop: bool = True
+    """Converged problems leave the batch (their results are identical to running on)."""
     dtype: str = "float32"
     """Compute dtype of the forward/backward: "float32" or "bfloat16" (soft prompts, Adam and all
     reported metrics stay float32)."""
@@ -72,23 +96,29 @@ class OptimConfig:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.dtype not in ("float32", "bfloat16"):
             raise UserError(f"--dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-        if self.schedule not in ("constant", "cosine"):
-            raise UserError(f"--schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.start not in STARTS:
+            raise UserError(f"--start must be one of {', '.join(STARTS)}, got {self.start!r}")
         if self.mse_norm not in ("none", "target"):
             raise UserError(f"--mse-norm must be 'none' or 'target', got {self.mse_norm!r}")
+        if not (math.isfinite(self.tol) and self.tol >= 0):
+            raise UserError(f"--tol must be a finite number >= 0, got {self.tol}")
+        if self.window < 1 or self.plateau_decays < 0:
+            raise UserError("--window must be >= 1 and --plateau-decays >= 0")
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def problem_steps(self, targets: int, restarts: int) -> int:
-        """Problem-steps that `targets` x `restarts` problems take, restart pruning included."""
+        """Most problem-steps `targets` x `restarts` problems can take, restart pruning included."""
         if restarts > 1 and 0 < self.prune_after < self.steps:
             return targets * (restarts * self.prune_after + self.steps - self.prune_after)
         return targets * restarts * self.steps
 
     def lr_at(self, step: int) -> float:
-        """Learning rate for step `step` (0-based); a pure function of the step, so resume is exact."""
-        if self.schedule == "constant" or self.steps == 1:
+        """Base learning rate for step `step` (0-based); a pure function of the step, so resume is exact."""
+        if self.schedule != "cosine" or self.steps == 1:
             return self.lr
         frac = step / (self.steps - 1)
         return self.lr * (self.final_lr_frac + (1 - self.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
@@ -96,13 +126,18 @@ class OptimConfig:
 
 @dataclass
 class OptimResult:
-    soft_prompt: torch.Tensor  # [P, T, d] after the last step
-    loss_curve: torch.Tensor  # [P, steps] loss before each step
-    cos_curve: torch.Tensor  # [P, steps] mean cosine before each step
+    soft_prompt: torch.Tensor  # [P, T, d] input vectors of each problem's best iterate (lowest loss)
+    loss_curve: torch.Tensor  # [P, steps] loss of each iterate (nan after the problem stopped)
+    cos_curve: torch.Tensor  # [P, steps] mean cosine over the loss positions, same layout
+    best_loss: torch.Tensor  # [P] loss of the best iterate (the iterate after the last step included)
     seconds: float = 0.0
+    converged: torch.Tensor | None = None  # [P] bool: stopped by the convergence criterion
+    norm_curve: torch.Tensor | None = None  # [P, steps] mean input-vector norm of each iterate
     extra: dict = field(default_factory=dict)
 
-
+    @property
+    def steps_run(self) -> torch.Tensor:  # [P] iterates evaluated per problem
+        return (~torch.isnan(self.loss_curve)).sum(1)
 def initial_prompts(keys: list[tuple[int, int]], seq_len: int, d_model: int, scale: float, seed: int) -> torch.Tensor:
     """Initial soft prompts, one per (target index, restart) key: [P, T, d].
 
@@ -152,76 +187,100 @@ class ChunkCheckpoint:
 
 def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Tensor, cfg: OptimConfig,
              ablation: str = "none", progress: Callable[[int, float], None] | None = None,
-             checkpoint: ChunkCheckpoint | None = None, param: InputParam = FREE, group: int = 1) -> OptimResult:
+             checkpoint: ChunkCheckpoint | None = None, param: InputParam = FREE, group: int = 1,
+             max_norm: torch.Tensor | float | None = None) -> OptimResult:
     """Optimise soft prompts so the layer-`layer` residual matches `targets`.
 
     targets: [P, T, d]; init: [P, T, ...] the initial parameter (free vectors: [P, T, d]), mapped to
-    inputs by `param`. The result's soft_prompt holds the final input vectors [P, T, d] and, where
-    the parameter is not the inputs themselves, extra["param"] holds it. `progress(new_problem_steps, median_cos)` is called after every batched
-    step (and once on resume with the problem-steps already done), with the batch's median cosine.
+    inputs by `param`. max_norm: None (free), a float, or [P] (inf = free): each input vector's norm is
+    clipped to it at the start and after every step (free vectors only). The result's soft_prompt
+    holds each problem's best input vectors [P, T, d] and, where the parameter is not the inputs
+    themselves, extra["param"] holds the best parameter. `progress(new_problem_steps, median_cos)` is
+    called after every batched step (and once on resume with the problem-steps already done).
     """
-    import time
-
     if targets.shape[:2] != init.shape[:2]:
         raise UserError(f"targets {tuple(targets.shape)} and initial prompts {tuple(init.shape)} differ in shape")
     if not torch.isfinite(targets).all():
         raise UserError("targets contain non-finite values (nan or inf)")
+    if max_norm is not None and param is not FREE:
+        raise UserError("a norm budget applies to free vectors only")
     from .memory import batch_for_budget
 
+    caps = None
+    if max_norm is not None:
+        caps = (max_norm if torch.is_tensor(max_norm) else torch.tensor(float(max_norm))).float().expand(targets.shape[0])
     checkpoint = checkpoint or ChunkCheckpoint()
     budget = None if cfg.memory_budget_mb is None else int(cfg.memory_budget_mb * 2**20)
     batch = batch_for_budget(lm, layer, targets.shape[1], cfg.batch_size, budget, cfg.dtype)
     batch = max(group, batch // group * group)  # the restarts of one target stay in one batch
     start = time.perf_counter()
-    prompts, losses, coses = [], [], []
+    parts = []
     for chunk, lo in enumerate(range(0, targets.shape[0], batch)):
         hi = min(lo + batch, targets.shape[0])
-        p, l, c = _optimise_chunk(lm, layer, targets[lo:hi], init[lo:hi], cfg, ablation, progress,
-                                  checkpoint, chunk, param, group)
-        prompts.append(p)
-        losses.append(l)
-        coses.append(c)
-    final = torch.cat(prompts)
+        parts.append(_optimise_chunk(lm, layer, targets[lo:hi], init[lo:hi], cfg, ablation, progress,
+                                     checkpoint, chunk, param, group, None if caps is None else caps[lo:hi]))
+    best, losses, coses, norms, converged, best_loss = (torch.cat([p[k] for p in parts]) for k in range(6))
+    seconds = time.perf_counter() - start
     if param is FREE:
-        return OptimResult(final, torch.cat(losses), torch.cat(coses), time.perf_counter() - start)
+        return OptimResult(best, losses, coses, best_loss, seconds, converged, norms)
     with torch.no_grad():
-        inputs = torch.cat([param.inputs(final[lo : lo + batch].to(lm.device)).float().cpu()
-                            for lo in range(0, final.shape[0], batch)])
-    return OptimResult(inputs, torch.cat(losses), torch.cat(coses), time.perf_counter() - start,
-                       extra={"param": final})
+        inputs = torch.cat([param.inputs(best[lo : lo + batch].to(lm.device)).float().cpu()
+                            for lo in range(0, best.shape[0], batch)])
+    return OptimResult(inputs, losses, coses, best_loss, seconds, converged, norms, extra={"param": best})
 
 
-def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoint, chunk, param=FREE, group=1):
+def _adam_update(soft, grad, m, v, step: int, lr: torch.Tensor) -> None:
+    """One Adam step (torch.optim.Adam's defaults) with a learning rate per problem (lr: [B]), in place."""
+    m.mul_(_BETA1).add_(grad, alpha=1 - _BETA1)
+    v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
+    denom = (v / (1 - _BETA2 ** (step + 1))).sqrt_().add_(_EPS)
+    lr = (lr / (1 - _BETA1 ** (step + 1))).to(soft.device).view(-1, *([1] * (soft.dim() - 1)))
+    soft.addcdiv_(m * lr, denom, value=-1.0)
+
+
+def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progress, checkpoint, chunk,
+                    param=FREE, group=1, caps=None):
     """Optimise one batch of problems. Rows come in groups of `group` restarts of one target; with
-    cfg.prune_after, only the best (lowest-loss) row of each group continues past that step."""
+    cfg.prune_after, only the best row of each group continues past that step. Returns
+    (best parameter [B, T, ...], loss curve [B, S], cos curve [B, S], norm curve [B, S], converged [B])."""
     dev = lm.device
     model, compute = lm.compute_model(cfg.dtype), getattr(torch, cfg.dtype)
     all_targets = targets.to(dev, torch.float32)  # [B, T, d]
     rows = all_targets.shape[0]
-    final = init.to(dev, torch.float32).clone()  # [B, T, ...] the last state of every row
-    alive = torch.arange(rows)  # rows still optimised
-    loss_curve = torch.full((rows, cfg.steps), float("nan"))
-    cos_curve = torch.full((rows, cfg.steps), float("nan"))
-    soft = torch.nn.Parameter(final.clone())
-    opt = torch.optim.Adam([soft], lr=cfg.lr)
-    first = 0
-    state = checkpoint.load(chunk)
-    if state is not None:
-        final, alive = state["final"].to(dev), state["alive"]
-        soft = torch.nn.Parameter(state["soft"].to(dev))
-        opt = torch.optim.Adam([soft], lr=cfg.lr)
-        opt.load_state_dict(state["adam"])
-        loss_curve, cos_curve, first = state["loss_curve"], state["cos_curve"], state["step"]
+    s = {  # the whole state of the chunk: compact tensors hold the rows still optimised (`alive`)
+        "soft": clip_norms(init.to(dev, torch.float32).clone(), caps),  # [B', T, ...]
+        "alive": torch.arange(rows),
+        "step": 0,
+        "best": clip_norms(init.float().clone(), caps),  # [B, T, ...] best iterate of every row (CPU)
+        "best_loss": torch.full((rows,), math.inf),  # [B] its loss
+        "loss_curve": torch.full((rows, cfg.steps), float("nan")),
+        "cos_curve": torch.full((rows, cfg.steps), float("nan")),
+        "norm_curve": torch.full((rows, cfg.steps), float("nan")),
+        "lr_scale": torch.ones(rows),  # per row, halved by the plateau schedule
+        "decays": torch.zeros(rows, dtype=torch.long),
+        "converged": torch.zeros(rows, dtype=torch.bool),
+        "pruned": False,
+    }
+    s["m"], s["v"] = torch.zeros_like(s["soft"]), torch.zeros_like(s["soft"])
+    loaded = checkpoint.load(chunk)
+    if loaded is not None:
+        s = {k: (v.to(dev) if k in ("soft", "m", "v") else v) for k, v in loaded.items()}
         if progress:
-            done = int((~torch.isnan(cos_curve[:, :first])).sum())
-            progress(done, float(cos_curve[alive, first - 1].median()) if first else float("nan"))
+            done = int((~torch.isnan(s["cos_curve"])).sum())
+            last = s["cos_curve"][s["alive"], s["step"] - 1] if s["step"] and len(s["alive"]) else torch.tensor([float("nan")])
+            progress(done, float(last.median()))
     prune_at = cfg.prune_after if group > 1 and 0 < cfg.prune_after < cfg.steps else None
-    for step in range(first, cfg.steps):
-        if step == prune_at and len(alive) == rows:
-            best = loss_curve[:, step - 1].view(-1, group).argmin(1) + torch.arange(0, rows, group)  # [B / group]
-            final[alive] = soft.detach()
-            soft, opt = _keep_rows(soft, opt, best, cfg.lr)
-            alive = best
+    while s["step"] < cfg.steps and len(s["alive"]):
+        step = s["step"]
+        if step == prune_at and not s["pruned"]:
+            best_loss = torch.nan_to_num(s["loss_curve"][:, :step], nan=math.inf).min(1).values
+            keep = best_loss.view(-1, group).argmin(1) + torch.arange(0, rows, group)  # [B / group]
+            _keep(s, torch.isin(s["alive"], keep))
+            s["pruned"] = True
+            if not len(s["alive"]):  # the kept restarts had all converged already
+                break
+        alive = s["alive"]
+        soft = s["soft"].requires_grad_(True)
         target = all_targets[alive.to(dev)] if len(alive) < rows else all_targets
         inputs = param.inputs(soft)  # [B', T, d]
         achieved = residual_at(model, layer, inputs_embeds=inputs.to(compute), ablation=ablation)
@@ -231,31 +290,76 @@ def _optimise_chunk(lm, layer, targets, init, cfg, ablation, progress, checkpoin
             loss = loss + extra
         if not torch.isfinite(loss).all():
             raise UserError(f"loss became non-finite at step {step}; try a smaller --lr or --init-scale")
-        opt.zero_grad(set_to_none=True)
-        loss.sum().backward()
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr_at(step)
-        opt.step()
+        (grad,) = torch.autograd.grad(loss.sum(), soft)
+        soft = soft.detach()
+        loss, cos = loss.detach().cpu(), cos.detach().cpu()
+        improved = loss < s["best_loss"][alive]
+        s["best"][alive[improved]] = soft[improved.to(dev)].cpu()
+        s["best_loss"][alive[improved]] = loss[improved]
+        s["loss_curve"][alive, step] = loss
+        s["cos_curve"][alive, step] = cos
+        s["norm_curve"][alive, step] = inputs.detach().float().norm(dim=-1).mean(1).cpu()
         with torch.no_grad():
+            _adam_update(soft, grad, s["m"], s["v"], step, cfg.lr_at(step) * s["lr_scale"][alive])
             param.after_step(soft)
-        loss_curve[alive, step] = loss.detach().cpu()
-        cos_curve[alive, step] = cos.detach().cpu()
+            s["soft"] = clip_norms(soft, None if caps is None else caps[alive])
+        s["step"] = step + 1
         if progress:
-            progress(len(alive), float(cos.detach().median()))
-        if checkpoint.every and ((step + 1) % checkpoint.every == 0 or step + 1 == cfg.steps):
-            checkpoint.save(chunk, {"soft": soft.detach().cpu(), "adam": opt.state_dict(), "final": final.cpu(),
-                                    "alive": alive, "loss_curve": loss_curve, "cos_curve": cos_curve,
-                                    "step": step + 1})
-    final[alive.to(dev)] = soft.detach()
-    return final.cpu(), loss_curve, cos_curve
+            progress(len(alive), float(cos.median()))
+        _check_convergence(s, cfg)
+        if checkpoint.every and (s["step"] % checkpoint.every == 0 or s["step"] == cfg.steps or not len(s["alive"])):
+            checkpoint.save(chunk, {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in s.items()})
+    if len(s["alive"]):  # the iterate after the last step is a candidate too
+        _consider_last_iterate(s, lm, layer, model, compute, all_targets, cfg, ablation, param)
+    return s["best"], s["loss_curve"], s["cos_curve"], s["norm_curve"], s["converged"], s["best_loss"]
 
 
-def _keep_rows(soft: torch.nn.Parameter, opt: torch.optim.Adam, keep: torch.Tensor, lr: float):
-    """A new parameter and Adam holding only rows `keep`, with their moments and step count intact."""
-    old = opt.state[soft]
-    kept = torch.nn.Parameter(soft.detach()[keep.to(soft.device)].clone())
-    new_opt = torch.optim.Adam([kept], lr=lr)
-    idx = keep.to(soft.device)
-    new_opt.state[kept] = {"step": old["step"].clone(), "exp_avg": old["exp_avg"][idx].clone(),
-                           "exp_avg_sq": old["exp_avg_sq"][idx].clone()}
-    return kept, new_opt
+@torch.no_grad()
+def _consider_last_iterate(s, lm, layer, model, compute, all_targets, cfg, ablation, param) -> None:
+    alive = s["alive"]
+    inputs = param.inputs(s["soft"])
+    achieved = residual_at(model, layer, inputs_embeds=inputs.to(compute), ablation=ablation)
+    loss, _ = reachability_loss(achieved.float(), all_targets[alive.to(lm.device)], cfg.mse_weight, cfg.skip_pos0,
+                                cfg.mse_norm)
+    extra = param.penalty(s["soft"], inputs)
+    loss = (loss if extra is None else loss + extra).cpu()
+    improved = loss < s["best_loss"][alive]
+    s["best"][alive[improved]] = s["soft"][improved.to(lm.device)].cpu()
+    s["best_loss"][alive[improved]] = loss[improved]
+
+
+def _check_convergence(s: dict, cfg: OptimConfig) -> None:
+    """Mark (and, with early_stop, drop) the rows that have converged; decay stalled rows' lr (plateau).
+
+    Converged: the best loss is below tol (the loss is >= 0, so no more than tol is left to gain), or the
+    second half of the run gained less than tol. Progress on these problems is at best steady in
+    log(steps) (it slows as it goes), so a run that gained < tol over its last half would gain about
+    that, or less, from doubling its steps. Checked at the end of every window, from 2 windows on.
+    Plateau schedule: a row whose best loss gained < tol / 100 over the last window has its lr halved
+    (at most plateau_decays times).
+    """
+    step, w = s["step"], cfg.window
+    if not len(s["alive"]):
+        return
+    alive = s["alive"]
+    best = s["best_loss"][alive]  # [B']
+    done = best < cfg.tol
+    if step % w == 0 and step >= 2 * w:
+        curve = torch.nan_to_num(s["loss_curve"][alive, :step], nan=math.inf)
+        done |= curve[:, : step // 2].min(1).values - best < cfg.tol
+        if cfg.schedule == "plateau":
+            stalled = curve[:, : step - w].min(1).values - best < cfg.tol / 100
+            decay = stalled & ~done & (s["decays"][alive] < cfg.plateau_decays)
+            s["lr_scale"][alive[decay]] *= 0.5
+            s["decays"][alive[decay]] += 1
+    s["converged"][alive[done]] = True
+    if cfg.early_stop and done.any():
+        _keep(s, ~done)
+
+
+def _keep(s: dict, mask: torch.Tensor) -> None:
+    """Keep only the compact rows where mask [B'] is True (the others leave the batch)."""
+    dev_mask = mask.to(s["soft"].device)
+    for key in ("soft", "m", "v"):
+        s[key] = s[key].detach()[dev_mask].clone()
+    s["alive"] = s["alive"][mask]

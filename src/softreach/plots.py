@@ -99,6 +99,18 @@ def _by_group(x, y):
     return xs, q[:, 0], q[:, 1], q[:, 2]
 
 
+def _carry_forward(c: np.ndarray) -> np.ndarray:
+    """[N, S] curves with NaN after early stops -> each NaN replaced by its row's last finite value, cut
+    after the last step with any finite value: [N, S'] (S' = 0 when nothing is finite)."""
+    finite = np.isfinite(c)
+    if not finite.any():
+        return c[:, :0]
+    c = c[:, : int(np.nonzero(finite.any(0))[0].max()) + 1]
+    finite = np.isfinite(c)
+    idx = np.maximum.accumulate(np.where(finite, np.arange(c.shape[1]), 0), axis=1)  # last finite step so far
+    return np.take_along_axis(c, idx, axis=1)
+
+
 def _floor_line(ax, value, which: str = "h", color: str = "black", label: str | None = "random-token floor (median)",
                 **kw) -> None:
     if value is None or not np.isfinite(value):
@@ -161,18 +173,30 @@ def cosine_histogram(cos, floor_cos, title: str, path) -> Path:
 
 
 def loss_curves(curves: dict[str, np.ndarray], path, title: str = "Loss during optimisation") -> Path:
-    """Loss per step: median and interquartile band over targets. curves: label -> [N, S] (best restart)."""
+    """Loss per step: median and interquartile band over targets. curves: label -> [N, S] (best restart).
+
+    Steps after a target stopped early are NaN in the curves: the target keeps its last loss there, and each
+    curve ends at the last step any of its targets ran.
+    """
+    import warnings
+
     fig, (ax,) = _new_figure(1, width=8.5, height=4.6)
     for i, (label, c) in enumerate(curves.items()):
-        c = np.clip(np.asarray(c, dtype=np.float64), 1e-12, None)  # [N, S]
-        q25, q50, q75 = _quartiles(c)
+        c = _carry_forward(np.clip(np.asarray(c, dtype=np.float64), 1e-12, None))  # [N, S']
+        if not c.size:
+            continue
+        with warnings.catch_warnings():  # a step no target reached: NaN, not a warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            q25, q50, q75 = _quartiles(c)
         steps = np.arange(1, c.shape[1] + 1)
-        ax.plot(steps, q50, color=f"C{i % 10}", linewidth=1.6, label=f"{label} (n={c.shape[0]})")
+        ax.plot(steps, q50, color=f"C{i % 10}", linewidth=1.6, marker="o" if c.shape[1] == 1 else None,
+                label=f"{label} (n={c.shape[0]}" + (", stopped after step 1)" if c.shape[1] == 1 else ")"))
         ax.fill_between(steps, q25, q75, color=f"C{i % 10}", alpha=0.18, linewidth=0)
     ax.set_yscale("log")
     ax.set_xlabel("optimisation step")
     ax.set_ylabel("loss = mean(1 − cos) + w·MSE (log scale)")
-    ax.set_title(f"{title}\nmedian over targets (best restart), band = interquartile range")
+    ax.set_title(f"{title}\nmedian over targets (best restart; a stopped target keeps its last loss), "
+                 "band = interquartile range")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return _save(fig, path)
@@ -348,4 +372,58 @@ def trajectories(traj: dict, floor: float | None, path) -> Path:
         ax2.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
         _label_axes(ax2, "Residual norm by layer", "layer (hidden_states index; 0 = embeddings)",
                     ylabel="residual norm, mean over positions (log scale)")
+    return _save(fig, path)
+
+
+def budget_curves(series: dict[str, dict], path) -> Path:
+    """Fidelity against the input-norm budget: one colour per experiment, its copy baseline dashed in the
+    same colour, its random-token floor grey.
+
+    series: label -> {"budget": [B] (relative budgets, math.inf = free), "cos": [B], "copy": [B], "floor": [B]},
+    medians over targets (NaN where absent). The budget axis is logarithmic; the free input is drawn one
+    step to the right of the largest budget and labelled "free".
+    """
+    from matplotlib.ticker import FixedLocator, FixedFormatter, NullLocator
+
+    finite = sorted({float(b) for s in series.values() for b in s["budget"] if np.isfinite(b)})
+    if finite:
+        lo, hi = finite[0], finite[-1]
+        x_free = hi * 10 ** max(0.5, 0.25 * np.log10(hi / lo))
+    else:
+        lo = hi = x_free = 1.0
+
+    def xpos(budgets):
+        return np.array([x_free if not np.isfinite(b) else float(b) for b in budgets], dtype=np.float64)
+
+    fig, (ax,) = _new_figure(1, width=7.6, height=4.8)
+    shown = []
+    for i, (label, s) in enumerate(series.items()):
+        color = f"C{i % 10}"
+        x = xpos(s["budget"])
+        order = np.argsort(x)
+        x = x[order]
+        for key, style in (("cos", {"color": color, "marker": "o", "linewidth": 2, "label": label}),
+                           ("copy", {"color": color, "linestyle": "--", "marker": "x", "linewidth": 1.2,
+                                     "alpha": 0.85}),
+                           ("floor", {"color": "0.6", "linestyle": ":", "marker": ".", "linewidth": 1.0})):
+            y = np.asarray(s.get(key, [np.nan] * len(x)), dtype=np.float64)[order]
+            m = np.isfinite(y)
+            if m.any():
+                ax.plot(x[m], y[m], **style)
+                shown.append(y[m])
+    ax.plot([], [], color="black", linestyle="--", marker="x", linewidth=1.2,
+            label="copy baseline (dashed, same colour)")
+    ax.plot([], [], color="0.6", linestyle=":", marker=".", label="random-token floor (grey)")
+    ax.set_xscale("log")
+    if finite:
+        ax.axvline(np.sqrt(hi * x_free), color="0.8", linewidth=0.8)  # separates the budgets from "free"
+    ticks = finite + [x_free]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FixedFormatter([f"{b:g}" for b in finite] + ["free"]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(lo / 10 ** 0.15, x_free * 10 ** 0.15)
+    _label_axes(ax, "Fidelity against the input-norm budget\nmedians over targets, without position 0",
+                "input-norm budget (× mean token-embedding norm, log scale)",
+                loc="center left", bbox_to_anchor=(1.01, 0.5))
+    _cosine_axis(ax, np.concatenate(shown) if shown else np.array([]), "y", "median cosine w/o position 0")
     return _save(fig, path)

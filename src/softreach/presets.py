@@ -1,6 +1,7 @@
 """Suite presets: `quick` (the README's main job, minutes on 2 CPU cores) and `seed` (the log's protocol)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from .config import RunConfig
@@ -68,11 +69,12 @@ SEED = dict(
     exp3_pairs=10, exp5_targets=10, moment_windows=1000, checkpoint_every=100,
 )
 
-# All experiments at reduced size with the tuned optimiser (the defaults), ~15 minutes on 2 CPU cores.
+# All experiments at reduced size, at norm budgets 1 and inf, with the default solver (copy start,
+# plateau schedule, early stopping), ~15 minutes on 2 CPU cores.
 QUICK = dict(
-    run=dict(targets=6, restarts=2, seq_len=20, optim=dict(steps=200)),
-    restarts={"exp4": 1, "exp2a": 1, "exp2b": 1, "exp3": 1, "exp5": 1},
-    exp3_pairs=2, exp5_targets=2, moment_windows=1000, checkpoint_every=25, trajectory_problems=3,
+    run=dict(targets=6, restarts=1, seq_len=20, norm_budgets=(1.0, math.inf), optim=dict(steps=600)),
+    restarts={"exp1": 2},
+    exp3_pairs=2, exp5_targets=1, moment_windows=1000, checkpoint_every=25, trajectory_problems=3,
 )
 
 PRESETS = {"quick": QUICK, "seed": SEED}

@@ -19,4 +19,6 @@ class StepBar:
         return self
 
     def __exit__(self, *exc):
+        self.bar.total = self.bar.n  # problems that converge early end the bar before its maximum
+        self.bar.refresh()
         self.bar.close()

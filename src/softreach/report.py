@@ -8,6 +8,10 @@ saved rows.
 Suite layout read here (any subset may exist):
     exp1/ [trajectories.json]   exp1b/ [analysis.json]   exp2a/  exp2b/   exp3/ (rows: pair, alpha)
     exp4_no_attn/  exp4_no_mlp/  exp4_analysis.json      exp5_raw/  exp5_pca/ (rows: fraction)
+Each of them may also exist at input-norm budgets (units of the mean token-embedding norm): the free
+folder keeps its name, a budgeted one gets a suffix (`exp1_b1`, `exp1_b0.5`, `exp4_no_mlp_b1`; Exp 4
+correlations `exp4_analysis_b1.json`). The experiment sections render the free folders; the synthesis,
+the "Norm budgets" section and a block per budgeted folder cover every budget.
 A result folder has config.json and problems.jsonl (see DESIGN.md); hidden `.NAME.partial-PID`
 folders are unfinished writes and are only mentioned.
 """
@@ -15,7 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +30,6 @@ import numpy as np
 from . import __version__, plots
 from .errors import UserError
 from .store import atomic_write_text
-from .summary_md import summary_table
 
 # folder name -> (label in tables, target type)
 EXPERIMENTS = {
@@ -47,25 +52,68 @@ SWEEPS = ("exp3", "exp5_raw", "exp5_pca")  # rows mix several conditions (alpha 
 ABLATION_LABELS = {"exp1": "Full model", "exp4_no_attn": "No attention (FFN only)",
                    "exp4_no_mlp": "No MLP (attention only)"}
 ABLATION_KEYS = {"exp1": "full", "exp4_no_attn": "no_attn", "exp4_no_mlp": "no_mlp"}
+RADIUS_COS = 0.99  # reachability radius: smallest budget at which a target's cos w/o pos 0 reaches this
+CONVERGED_OK = 0.9  # a share converged below this is flagged in the tables
+_SUFFIX = re.compile(r"^(?P<base>.+?)_b(?P<budget>inf|\d+(?:\.\d*)?(?:e[-+]?\d+)?)$")
+
+
+def budget_text(budget: float) -> str:
+    """1.0 -> '1', 0.5 -> '0.5', inf -> 'inf' (as softreach.budget.budget_label, without importing torch)."""
+    return "inf" if math.isinf(budget) else f"{budget:g}"
+
+
+def split_budget(name: str, config: dict | None = None) -> tuple[str, float]:
+    """Folder name -> (experiment folder name at the free budget, relative budget; math.inf when free).
+
+    'exp1_b1' -> ('exp1', 1.0); 'exp4_no_mlp_b0.5' -> ('exp4_no_mlp', 0.5); 'exp1' -> ('exp1', inf).
+    Without a suffix, the config's `norm_budget_tokens` (or, for a projection such as exp1b,
+    `source_norm_budget_tokens`) decides.
+    """
+    m = _SUFFIX.match(name)
+    if m:
+        return m["base"], float(m["budget"])
+    for key in ("norm_budget_tokens", "source_norm_budget_tokens"):
+        value = (config or {}).get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return name, float(value)
+    return name, math.inf
 
 
 @dataclass
 class Condition:
     """One result folder: its config, summary and per-target rows."""
 
-    name: str  # e.g. "exp1", "exp4_no_attn"
+    name: str  # folder name, e.g. "exp1", "exp4_no_attn", "exp1_b1"
     path: Path
     config: dict
     summary: dict
     rows: list[dict]  # problems.jsonl, one per target
 
     @property
+    def base(self) -> str:
+        """The experiment's folder name at the free budget ("exp1" for "exp1_b1")."""
+        return split_budget(self.name, self.config)[0]
+
+    @property
+    def budget(self) -> float:
+        """Input-norm budget in units of the mean token-embedding norm; math.inf when free."""
+        return split_budget(self.name, self.config)[1]
+
+    @property
+    def free(self) -> bool:
+        return math.isinf(self.budget)
+
+    @property
+    def base_label(self) -> str:
+        return EXPERIMENTS.get(self.base, (self.base, ""))[0]
+
+    @property
     def label(self) -> str:
-        return EXPERIMENTS.get(self.name, (self.name, ""))[0]
+        return self.base_label if self.free else f"{self.base_label} (budget {budget_text(self.budget)})"
 
     @property
     def target_type(self) -> str:
-        return EXPERIMENTS.get(self.name, ("", self.config.get("experiment", "?")))[1]
+        return EXPERIMENTS.get(self.base, ("", self.config.get("experiment", "?")))[1]
 
     def column(self, key: str) -> np.ndarray:
         """`key` of every row as float64 [N], NaN where absent."""
@@ -76,6 +124,37 @@ class Condition:
         v = self.column(key)
         v = v[np.isfinite(v)]
         return float(np.median(v)) if v.size else math.nan
+
+    def beats_copy(self) -> np.ndarray:
+        """Per target 1.0 / 0.0 whether it beats its copy baseline, NaN where unknown [N].
+
+        The row's `beats_copy` where recorded, else cos w/o pos 0 > copy_cos w/o pos 0 where both exist."""
+        out = []
+        for r in self.rows:
+            b = r.get("beats_copy")
+            if isinstance(b, bool):
+                out.append(float(b))
+                continue
+            c, k = _float(r.get("cos_no_pos0")), _float(r.get("copy_cos_no_pos0"))
+            out.append(float(c > k) if math.isfinite(c) and math.isfinite(k) else math.nan)
+        return np.array(out, dtype=np.float64)
+
+    def converged(self) -> np.ndarray:
+        """Per target 1.0 / 0.0 whether its optimisation converged, NaN where not recorded [N]."""
+        out = []
+        for r in self.rows:
+            c, v = r.get("converged"), r.get("verdict")
+            out.append(float(c) if isinstance(c, bool) else float(v == "converged") if isinstance(v, str) else math.nan)
+        return np.array(out, dtype=np.float64)
+
+    def verdicts(self) -> Counter:
+        return Counter(r["verdict"] for r in self.rows if isinstance(r.get("verdict"), str))
+
+
+def _share(flags: np.ndarray) -> float:
+    """Mean of the known (finite) 1/0 flags; NaN when none is known."""
+    v = flags[np.isfinite(flags)]
+    return float(v.mean()) if v.size else math.nan
 
 
 @dataclass
@@ -115,13 +194,27 @@ def _read_condition(path: Path, name: str) -> Condition:
 
 
 def _single_name(path: Path, config: dict) -> str:
-    """Name of a lone result folder: its folder name if known, else its config's experiment."""
-    if path.name in EXPERIMENTS:
+    """Name of a lone result folder: its folder name if known (budget suffix included), else its config's
+    experiment with the suffix of its budget."""
+    if split_budget(path.name)[0] in EXPERIMENTS:
         return path.name
     exp = str(config.get("experiment") or path.name)
     if exp == "exp4" and config.get("ablation") not in (None, "none"):
         exp = f"exp4_{config['ablation']}"
-    return exp
+    budget = split_budget(exp, config)[1]
+    return exp if math.isinf(budget) or _SUFFIX.match(exp) else f"{exp}_b{budget_text(budget)}"
+
+
+def _run_order(names) -> list[str]:
+    """Known experiments in EXPERIMENTS order, then the others by name; within one experiment its budgets
+    smallest first and the free folder last (exp1_b0.5, exp1_b1, exp1, exp1b_b1, exp1b, ...)."""
+    known = list(EXPERIMENTS)
+
+    def key(name: str):
+        base, budget = split_budget(name)
+        return (known.index(base) if base in known else len(known), base, budget, name)
+
+    return sorted(names, key=key)
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -137,7 +230,7 @@ def load_run(run_dir: str | Path) -> Run:
     if not found:
         raise UserError(f"{root} holds no result folders (no config.json and problems.jsonl in it or its "
                         "subfolders); nothing to report")
-    order = [n for n in EXPERIMENTS if n in found] + sorted(n for n in found if n not in EXPERIMENTS)
+    order = _run_order(found)
     staged = [p.name for p in subs if p.name.startswith(".") and ".partial-" in p.name]  # .NAME.partial-PID
     unfinished = sorted({n[1:].split(".partial-")[0] for n in staged})
     return Run(root, False, {n: found[n] for n in order}, unfinished)
@@ -239,21 +332,22 @@ def _header(run: Run) -> list[str]:
     rows = []
     for x in conds:
         s = x.summary
-        rows.append([x.label, f"`{x.path.name}/`" if not run.single else "`.`", str(len(x.rows)),
+        rows.append([x.base_label, budget_text(x.budget), f"`{x.path.name}/`" if not run.single else "`.`",
+                     str(len(x.rows)),
                      str(x.config.get("restarts", "?")), str(x.config.get("optim", {}).get("steps", "?")),
                      str(x.config.get("optim", {}).get("lr", "?")), str(x.config.get("ablation", "?")),
                      fmt(s.get("seconds"), 1), fmt(s.get("problem_steps_per_second"), 1)])
-    out += _table(["Experiment", "folder", "targets", "restarts", "steps", "lr", "ablation", "seconds",
+    out += _table(["Experiment", "budget", "folder", "targets", "restarts", "steps", "lr", "ablation", "seconds",
                    "problem-steps/s"], rows) + [""]
+    token_norm = next((_float(x.config.get("token_norm")) for x in conds
+                       if math.isfinite(_float(x.config.get("token_norm")))), math.nan)
+    out += ["Budget = cap on each input vector's L2 norm in units of the mean token-embedding norm"
+            + (f" ({fmt(token_norm, 3)} for this model)" if math.isfinite(token_norm) else "")
+            + "; `inf` = free (no cap).", ""]
     if run.single:
         out += ["This report covers one result folder; the other experiments of the suite are not part of it.", ""]
     else:
-        missing = [f"`{n}/`" for n in EXPERIMENTS if n not in run.conditions]
-        for name, file in (("exp1", "trajectories.json"), ("exp1b", "analysis.json")):
-            if _side_file(run, name, file) is None:
-                missing.append(f"`{name}/{file}`")
-        if not (run.root / "exp4_analysis.json").is_file():
-            missing.append("`exp4_analysis.json`")
+        missing = _missing(run)
         if missing:
             out += ["**Missing from this run:** " + ", ".join(missing) + ".", ""]
         if run.unfinished:
@@ -262,48 +356,207 @@ def _header(run: Run) -> list[str]:
     return out
 
 
+def _suite_budgets(run: Run) -> list[float]:
+    """The budgets the suite was asked for (suite.json), else those its folders hold; ascending, free last."""
+    found = {x.budget for x in run.conditions.values()}
+    try:
+        asked = (_read_json(run.root / "suite.json") or {}).get("config", {}).get("run", {}).get("norm_budgets")
+    except (ValueError, AttributeError):
+        asked = None
+    wanted = set()
+    for item in asked if isinstance(asked, list) else []:
+        text = str(item).strip().lower()
+        try:
+            value = math.inf if text in ("inf", "free", "none") else float(text)
+        except ValueError:
+            continue
+        if value > 0:
+            wanted.add(value)
+    return sorted(wanted or found)
+
+
+def _missing(run: Run) -> list[str]:
+    """Folders and side files a complete suite would hold at its budgets but this run lacks."""
+    budgets = _suite_budgets(run)
+    suffix = {b: "" if math.isinf(b) else f"_b{budget_text(b)}" for b in budgets}
+    present = {(x.base, x.budget) for x in run.conditions.values()}
+    missing = [f"`{n}{suffix[b]}/`" for n in EXPERIMENTS for b in budgets if (n, b) not in present]
+    for name, file in (("exp1", "trajectories.json"), ("exp1b", "analysis.json")):
+        for b in budgets:
+            if (name, b) in present and not (run.root / f"{name}{suffix[b]}" / file).is_file():
+                missing.append(f"`{name}{suffix[b]}/{file}`")
+    for b in budgets:
+        if not (run.root / f"exp4_analysis{suffix[b]}.json").is_file():
+            missing.append(f"`exp4_analysis{suffix[b]}.json`")
+    return missing
+
+
+def _pct(share: float) -> str:
+    return f"{100 * share:.0f}%" if math.isfinite(share) else "—"
+
+
+def _converged_cell(x: Condition) -> str:
+    """Share converged, flagged '⚠' under CONVERGED_OK."""
+    share = _share(x.converged())
+    return f"⚠ {_pct(share)}" if math.isfinite(share) and share < CONVERGED_OK else _pct(share)
+
+
+def _not_beating(x: Condition) -> bool:
+    """Fewer than half of the targets (with a known copy baseline) beat it."""
+    share = _share(x.beats_copy())
+    return math.isfinite(share) and share < 0.5
+
+
+def _steps_cell(x: Condition) -> str:
+    v = x.median("steps_run")
+    return f"{v:.0f}" if math.isfinite(v) else "—"
+
+
+MARKS_NOTE = ("† after a cosine (and a bold share beating copy): fewer than half of the targets beat their copy "
+              "baseline, the best scaled copy of the target fed as input within the same budget, so the residual "
+              f"bypass alone explains that result. ⚠ before a share converged: under {100 * CONVERGED_OK:.0f}% of "
+              "the targets converged (the others ran out of steps while still improving or growing their input "
+              "norm; see the verdicts in the condition's section), so the medians are lower bounds.")
+
+
 def _synthesis(run: Run) -> list[str]:
-    rows = [[x.label, x.target_type, fmt(x.median("cos")), fmt(x.median("cos_no_pos0")), fmt(x.median("mse")),
-             fmt(x.median("floor_cos"))] for x in run.conditions.values()]
+    rows = []
+    for x in run.conditions.values():
+        mark = " †" if _not_beating(x) else ""
+        beats = _pct(_share(x.beats_copy()))
+        rows.append([x.base_label, budget_text(x.budget), x.target_type, fmt(x.median("cos_no_pos0")) + mark,
+                     fmt(x.median("copy_cos_no_pos0")), fmt(x.median("floor_cos_no_pos0")),
+                     f"**{beats}**" if mark else beats, _converged_cell(x), _steps_cell(x),
+                     fmt(x.median("cos")), fmt(x.median("copy_cos")), fmt(x.median("floor_cos")),
+                     fmt(x.median("mse"))])
     return (["## Synthesis", ""]
-            + _table(["Experiment", "target type", "median cos", "median cos w/o pos 0", "median MSE", "floor"], rows)
-            + ["", "Medians over targets; floor = median random-token cosine for the same targets and model. "
-               "Exp 3 and Exp 5 rows pool every α or corruption fraction (see their tables).", ""])
+            + _table(["Experiment", "budget", "target type", "median cos w/o pos 0", "copy baseline w/o pos 0",
+                      "floor w/o pos 0", "beats copy", "converged", "median steps", "median cos", "copy baseline",
+                      "floor", "median MSE"], rows)
+            + ["", "Medians over targets. Budget: cap on each input vector's norm in units of the mean token-embedding "
+               "norm (`inf` = free). Copy baseline = median over targets of the best cosine reached by feeding a scaled "
+               "copy of the target itself (clipped to the budget): what the residual bypass gives with no optimisation. "
+               "Floor = median random-token cosine for the same targets and model. Beats copy = share of targets whose "
+               "cosine (w/o pos 0 where the loss skips it) exceeds their copy baseline (the rows' `beats_copy`); "
+               "converged = share whose optimisation met the convergence criterion; median steps = steps run. Exp 1b projects the Exp 1 solutions at that budget onto their "
+               "nearest tokens (no optimisation, so no copy or convergence columns). Exp 3 and Exp 5 rows pool every "
+               "α or corruption fraction (see their tables). — = not recorded in that folder.", "",
+               MARKS_NOTE, ""])
 
 
 def _across(run: Run) -> list[str]:
-    """Loss curves and cosine by position for the single-condition experiments."""
-    singles = [x for x in run.conditions.values() if x.name not in SWEEPS]
+    """Loss curves and cosine by position for the single-condition experiments, one pair of figures per budget."""
+    singles = [x for x in run.conditions.values() if x.base not in SWEEPS]
+    budgets = sorted({x.budget for x in singles})
     out = ["## Across experiments", "",
            "Single-condition experiments only: Exp 3 and Exp 5 mix several α or fractions and have their own "
-           "figures.", ""]
-    curves = {x.label: c for x in singles if (c := _best_restart_curve(x)) is not None}
-    if curves:
-        out += [_figure(run, "loss_curves.png", "loss curves", plots.loss_curves, curves), ""]
-    else:
-        out += _absent("loss curves (no curves.safetensors with more than one step)")
-    series = {}
-    for x in singles:
-        cpp = [r.get("cos_per_position") for r in x.rows]
-        if cpp and all(isinstance(v, list) and len(v) == len(cpp[0]) > 0 for v in cpp):
-            series[x.label] = (np.array(cpp, dtype=np.float64), x.median("floor_cos"))
-    if series:
-        out += [_figure(run, "cos_by_position.png", "cosine by position", plots.cosine_by_position, series), ""]
-    else:
-        out += _absent("cosine by position (no cos_per_position in the rows)")
+           "figures." + (" One pair of figures per norm budget." if len(budgets) > 1 else ""), ""]
+    for budget in budgets:
+        shown = [x for x in singles if x.budget == budget]
+        suffix = "" if math.isinf(budget) else f"_b{budget_text(budget)}"
+        where = "free input" if math.isinf(budget) else f"budget {budget_text(budget)}"
+        if len(budgets) > 1:
+            out += [f"### {'Free input' if math.isinf(budget) else f'Budget {budget_text(budget)}'}", ""]
+        curves = {x.base_label: c for x in shown if (c := _best_restart_curve(x)) is not None}
+        if curves:
+            out += [_figure(run, f"loss_curves{suffix}.png", f"loss curves, {where}", plots.loss_curves, curves,
+                            title=f"Loss during optimisation, {where}"), ""]
+        else:
+            out += _absent(f"loss curves at {where} (no curves.safetensors with more than one step)")
+        series = {}
+        for x in shown:
+            cpp = [r.get("cos_per_position") for r in x.rows]
+            if cpp and all(isinstance(v, list) and len(v) == len(cpp[0]) > 0 for v in cpp):
+                series[x.base_label] = (np.array(cpp, dtype=np.float64), x.median("floor_cos"))
+        if series:
+            out += [_figure(run, f"cos_by_position{suffix}.png", f"cosine by position, {where}",
+                            plots.cosine_by_position, series), ""]
+        else:
+            out += _absent(f"cosine by position at {where} (no cos_per_position in the rows)")
     return out
 
 
+# rows of the per-condition statistics table: (label, problems.jsonl key); rows absent from a folder are left out
+STAT_ROWS: list[tuple] = [
+    ("cosine (mean over positions)", "cos"),
+    ("cosine without position 0", "cos_no_pos0"),
+    ("MSE", "mse"),
+    ("MSE without position 0", "mse_no_pos0"),
+    ("centred cosine", "centred_cos"),
+    ("FVU", "fvu"),
+    ("FVU without position 0", "fvu_no_pos0"),
+    ("random-token floor (cosine)", "floor_cos"),
+    ("random-token floor without position 0", "floor_cos_no_pos0"),
+    ("copy baseline (cosine)", "copy_cos"),
+    ("copy baseline without position 0", "copy_cos_no_pos0"),
+    ("copy baseline scale a (input = a · target)", "copy_scale"),
+    ("convergence (cos change over last 20% of steps)", "convergence_delta"),
+    ("restart spread (max - min cos)", "restart_spread"),
+    ("steps run", "steps_run", 1),
+    ("loss gain per 100 steps at the end", "gain_per_100_steps"),
+    ("input-norm growth per 100 steps at the end (relative)", "norm_growth_per_100_steps"),
+    ("largest input vector norm", "input_norm_max"),
+    ("mean input vector norm", "input_norm_mean"),
+]
+
+
+def _stats_table(x: Condition) -> list[str]:
+    """Median / mean / std / min / max over targets of every STAT_ROWS field the rows carry."""
+    rows = []
+    for label, key, *digits in STAT_ROWS:  # optional third item: decimal places (default 4)
+        st = _stats(x.column(key))
+        if st is not None:
+            rows.append([label] + [fmt(st[k], *digits) for k in ("median", "mean", "std", "min", "max")])
+    return _table(["metric", "median", "mean", "std", "min", "max"], rows)
+
+
+def _budget_phrase(x: Condition) -> str:
+    if x.free:
+        return "free input norm (no budget)"
+    cap = _float(x.config.get("norm_budget"))
+    text = f"input-norm budget {budget_text(x.budget)} × the mean token-embedding norm"
+    if math.isfinite(cap):
+        return text + f" (cap {fmt(cap, 3)})"
+    if x.config.get("source_norm_budget_tokens") is not None:
+        return f"inputs projected from solutions found at {text}"
+    return text
+
+
+def _verdict_line(x: Condition) -> str:
+    """Verdict counts, share converged and share beating the copy baseline, in one sentence."""
+    n = len(x.rows)
+    parts = []
+    counts = x.verdicts()
+    if counts:
+        names = ["converged", "norm_limited", "improving"] + sorted(set(counts) - {"converged", "norm_limited",
+                                                                                  "improving"})
+        parts.append("Verdicts: " + ", ".join(f"{v.replace('_', '-')} {counts.get(v, 0)}" for v in names)
+                     + f" of {n} (share converged {_converged_cell(x)})")
+    elif np.isfinite(x.converged()).any():
+        parts.append(f"Share converged {_converged_cell(x)}")
+    beats = x.beats_copy()
+    if np.isfinite(beats).any():
+        k, m = int(np.nansum(beats)), int(np.isfinite(beats).sum())
+        parts.append(f"beats its copy baseline: {k} of {m} ({_pct(k / m)})"
+                     + (" †" if _not_beating(x) else ""))
+    at = [r["at_budget"] for r in x.rows if isinstance(r.get("at_budget"), bool)]
+    if at and not x.free:
+        parts.append(f"inputs at the budget: {sum(at)} of {len(at)}")
+    if not parts:
+        return "_No verdicts or copy baseline recorded in this folder._"
+    text = "; ".join(parts) + "."
+    return text[0].upper() + text[1:]
+
+
 def _condition_block(run: Run, x: Condition) -> list[str]:
-    """Settings line, statistics table and final-cosine histogram of one result folder."""
+    """Settings line, statistics table, verdicts and final-cosine histogram of one result folder."""
     o = x.config.get("optim", {})
-    s = {key: st for key in x.rows[0] if (st := _stats(x.column(key))) is not None} if x.rows else {}
     out = [f"### {x.label}: {x.target_type} (`{x.path.name}/`)", "",
            f"{len(x.rows)} targets x {x.config.get('restarts', '?')} restarts, {o.get('steps', '?')} steps, "
-           f"layer {x.config.get('layer', '?')}, ablation {x.config.get('ablation', '?')}.", ""]
+           f"layer {x.config.get('layer', '?')}, ablation {x.config.get('ablation', '?')}, {_budget_phrase(x)}.", ""]
     if not x.rows:
         return out + ["_problems.jsonl is empty._", ""]
-    out += [summary_table(s), ""]
+    out += _stats_table(x) + ["", _verdict_line(x), ""]
     if np.isfinite(x.column("cos")).any():
         out += [_figure(run, f"hist_{x.name}.png", f"{x.label} final cosine", plots.cosine_histogram,
                         x.column("cos"), x.column("floor_cos"), f"{x.label}: final cosine per target"), ""]
@@ -546,13 +799,154 @@ def _exp5(run: Run) -> list[str]:
 
 
 def _others(run: Run) -> list[str]:
-    extra = [x for x in run.conditions.values() if x.name not in EXPERIMENTS]
+    extra = [x for x in run.conditions.values() if x.base not in EXPERIMENTS]
     if not extra:
         return []
     out = ["## Other result folders", ""]
     for x in extra:
         out += _condition_block(run, x)
     return out
+
+
+def _budgeted(run: Run) -> list[str]:
+    """One generic block per result folder of a known experiment at a finite norm budget."""
+    shown = [x for x in run.conditions.values() if not x.free and x.base in EXPERIMENTS]
+    if not shown:
+        return []
+    out = ["## Conditions at a norm budget", "",
+           "One block per budgeted result folder; the experiment sections above cover the free folders.", ""]
+    for x in shown:
+        out += _condition_block(run, x)
+    return out
+
+
+def _groups(run: Run) -> dict[str, list[Condition]]:
+    """Experiment (free folder name) -> its result folders, ascending budget (free last), in report order."""
+    out: dict[str, list[Condition]] = {}
+    for x in run.conditions.values():
+        out.setdefault(x.base, []).append(x)
+    return {base: sorted(xs, key=lambda x: x.budget) for base, xs in out.items()}
+
+
+def _radius(xs: list[Condition]) -> list[str]:
+    """Per target (row index) the smallest budget of xs (ascending) at which cos w/o pos 0 >= RADIUS_COS."""
+    n = max(len(x.rows) for x in xs)
+    cols = np.full((len(xs), n), np.nan)  # [B, N]
+    for j, x in enumerate(xs):
+        c = x.column("cos_no_pos0")
+        cols[j, :c.size] = c
+    out = []
+    for i in range(n):
+        reached = [j for j in range(len(xs)) if cols[j, i] >= RADIUS_COS]
+        out.append(budget_text(xs[reached[0]].budget) if reached
+                   else "not reached" if np.isfinite(cols[:, i]).any() else "—")
+    return out
+
+
+def _exp4_budget_correlations(run: Run) -> list[str]:
+    """Per-target difficulty correlations of Exp 4 at every budget that has an exp4_analysis*.json."""
+    if run.single:
+        return []
+    found = []
+    for path in run.root.glob("exp4_analysis*.json"):
+        m = re.fullmatch(r"exp4_analysis(?:_b(?P<b>inf|[0-9.e+-]+))?\.json", path.name)
+        if not m:
+            continue
+        try:
+            budget = float(m["b"]) if m["b"] else math.inf
+            corr = (_read_json(path) or {}).get("correlations") or []
+        except (ValueError, AttributeError):
+            continue
+        found += [(budget, c) for c in corr if isinstance(c, dict)]
+    if not any(math.isfinite(b) for b, _ in found):
+        return []
+    found.sort(key=lambda bc: bc[0])
+    rows = [[budget_text(b), str(c.get("a")), str(c.get("b")), fmt(c.get("spearman_rho"), 3), fmt(c.get("p_value"), 3),
+             fmt(c.get("pearson_r"), 3), fmt(c.get("pearson_p"), 3)] for b, c in found]
+    return (["### Exp 4 difficulty correlations by budget", "",
+             "From `exp4_analysis.json` (free) and `exp4_analysis_bB.json` (budget B): per-target cosine "
+             "correlations between model variants.", ""]
+            + _table(["budget", "a", "b", "Spearman ρ", "p", "Pearson r", "p"], rows) + [""])
+
+
+def _budgets(run: Run) -> list[str]:
+    """Fidelity against the input-norm budget beside the copy baseline and floor; reachability radius per target."""
+    out = ["## Norm budgets", ""]
+    conds = list(run.conditions.values())
+    if all(x.free for x in conds):
+        return out + _absent("norm-budgeted result folders (`NAME_bB/`, e.g. `exp1_b1/`): every folder is free")
+    groups = _groups(run)
+    budgets = sorted({x.budget for x in conds})
+    token_norm = next((_float(x.config.get("token_norm")) for x in conds
+                       if math.isfinite(_float(x.config.get("token_norm")))), math.nan)
+    out += ["Budget = cap on each input vector's L2 norm in units of the mean token-embedding norm"
+            + (f" ({fmt(token_norm, 3)} here)" if math.isfinite(token_norm) else "") + "; free = no cap. "
+            "Each cell: median over targets of the cosine w/o position 0, then (in brackets) the median copy "
+            "baseline (best scaled copy of the target as input, clipped to the same budget) and the median "
+            "random-token floor, both w/o position 0. — = no folder (or no value) at that budget; † as in the "
+            "synthesis (fewer than half of the targets beat their copy baseline).", ""]
+    rows, series = [], {}
+    for base, xs in groups.items():
+        by_b = {x.budget: x for x in xs}
+        cells = [xs[0].base_label]
+        for b in budgets:
+            x = by_b.get(b)
+            if x is None:
+                cells.append("—")
+                continue
+            cells.append(f"{fmt(x.median('cos_no_pos0'))}{' †' if _not_beating(x) else ''} "
+                         f"(copy {fmt(x.median('copy_cos_no_pos0'))}, floor {fmt(x.median('floor_cos_no_pos0'))})")
+        rows.append(cells)
+        cos = [x.median("cos_no_pos0") for x in xs]
+        if any(math.isfinite(c) for c in cos):
+            series[xs[0].base_label] = {"budget": [x.budget for x in xs], "cos": cos,
+                                        "copy": [x.median("copy_cos_no_pos0") for x in xs],
+                                        "floor": [x.median("floor_cos_no_pos0") for x in xs]}
+    out += _table(["Experiment"] + ["free" if math.isinf(b) else f"budget {budget_text(b)}" for b in budgets],
+                  rows) + [""]
+    if series:
+        out += [_figure(run, "budgets.png", "fidelity against norm budget", plots.budget_curves, series), ""]
+
+    # reachability radius: rows correspond across budgets within an experiment (same row index = same target)
+    radii, skipped = {}, []
+    for base, xs in groups.items():
+        if xs[0].rows and all(_same_targets(x, xs[0]) for x in xs):
+            radii[xs[0].base_label] = (xs, _radius(xs))
+        else:
+            skipped.append(xs[0].base_label)
+    out += ["### Reachability radius per target", "",
+            f"Radius of a target = the smallest budget (token-norm units) at which its cosine w/o position 0 is "
+            f"≥ {RADIUS_COS}; `inf` = only the free input reaches it; \"not reached\" = no budget in this run does "
+            "(a budget not run might). Row i of every budget folder of an experiment is the same target (checked: "
+            "same number of targets and the same text windows where recorded).", ""]
+    if skipped:
+        out += [f"_Left out (targets differ across budgets): {', '.join(skipped)}._", ""]
+    if not radii:
+        return out + _absent("a radius (no experiment with corresponding targets)") + _exp4_budget_correlations(run)
+    counts = []
+    for label, (xs, rad) in radii.items():
+        own = {x.budget for x in xs}
+        cells = [label]
+        for b in budgets:
+            if b not in own:
+                cells.append("—")
+                continue
+            k = sum(r not in ("not reached", "—") and float(r) <= b for r in rad)  # float("inf") is inf
+            cells.append(f"{k}/{len(rad)}")
+        counts.append(cells)
+    out += [f"Targets reached (cos w/o pos 0 ≥ {RADIUS_COS}) at or below each budget:", ""]
+    out += _table(["Experiment"] + ["free" if math.isinf(b) else f"≤ {budget_text(b)}" for b in budgets],
+                  counts) + [""]
+    n = max(len(rad) for _, rad in radii.values())
+    if n <= 20:  # experiments as rows, targets as columns
+        table = _table(["Experiment"] + [f"t{i}" for i in range(n)],
+                       [[label] + rad + ["—"] * (n - len(rad)) for label, (_, rad) in radii.items()])
+    else:  # targets as rows
+        table = _table(["target"] + list(radii),
+                       [[str(i)] + [rad[i] if i < len(rad) else "—" for _, rad in radii.values()] for i in range(n)])
+    out += [f"Radius per target (t{{i}} = row i of problems.jsonl, threshold cos w/o pos 0 ≥ {RADIUS_COS}):", ""]
+    out += table + [""]
+    return out + _exp4_budget_correlations(run)
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -566,12 +960,17 @@ def write_report(run_dir: str | Path) -> Path:
             body = [section(run)]
         elif name in EXPERIMENTS:
             body = [_simple(run, name, EXPERIMENTS[name][0])]
+        elif split_budget(name)[0] in EXPERIMENTS:
+            body = [_budgeted(run)]
         else:
             body = [_others(run)]
+        budgets = [] if run.conditions[name].free else [_budgets(run)]
     else:
         body = [_exp1(run), _exp1b(run), _simple(run, "exp2a", "Exp 2a: distribution-matched random targets"),
-                _simple(run, "exp2b", "Exp 2b: raw random targets"), _exp3(run), _exp4(run), _exp5(run), _others(run)]
-    parts = [_header(run), _synthesis(run), _across(run)] + body
+                _simple(run, "exp2b", "Exp 2b: raw random targets"), _exp3(run), _exp4(run), _exp5(run),
+                _budgeted(run), _others(run)]
+        budgets = [_budgets(run)]
+    parts = [_header(run), _synthesis(run)] + budgets + [_across(run)] + body
     text = "\n".join(line for part in parts for line in part).rstrip() + "\n"
     path = run.root / "report.md"
     atomic_write_text(path, text)

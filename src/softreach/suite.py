@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from .budget import absolute_cap, budget_fields, budget_label, folder_suffix
 from .checkpoint import FileCheckpoint
 from .condition import ConditionResult, evaluate_inputs, solve_condition
 from .corpus import load_corpus_text
@@ -118,28 +120,40 @@ class SuiteRunner:
     def done(self, name: str) -> bool:
         return (self.out / name / "problems.jsonl").is_file()
 
+    def all_done(self, name: str) -> bool:
+        """Whether the condition's folders exist at every budget."""
+        return all(self.done(name + folder_suffix(b)) for b in self.cfg.run.norm_budgets)
+
     def load_problems(self, name: str) -> list[dict]:
         return [json.loads(line) for line in (self.out / name / "problems.jsonl").read_text().splitlines() if line]
 
     def solve(self, name: str, target: torch.Tensor, experiment: str, ablation: str = "none",
               tokens: torch.Tensor | None = None, row_fields: dict | None = None, extra_json=None,
               after=None) -> None:
-        """Optimise one condition (checkpointed) and write its folder; skip it if it exists."""
-        if self.done(name):
-            return
+        """Optimise one condition at every norm budget, smallest first, each warm-started from the one
+        before (checkpointed); write one folder per budget and skip those that exist."""
         run = self.cfg.run
         optim = dataclasses.replace(run.optim, steps=self.cfg.steps_for(experiment))
         restarts = self.cfg.restarts_for(experiment)
-        ckpt = FileCheckpoint(self.out / ".checkpoints" / name, self.cfg.checkpoint_every)
-        total = optim.problem_steps(target.shape[0], restarts)
-        with StepBar(total, self._label(name), self.show_progress) as bar:
-            result = solve_condition(self.lm, self.layer, target, restarts, optim, run.seed, self.mu, ablation,
-                                     run.floor_draws, progress=bar.update, checkpoint=ckpt)
-        self._finish(name, result, experiment, ablation, restarts, optim, tokens, row_fields, extra_json, after)
-        ckpt.clear()
+        warm = None
+        for budget in run.norm_budgets:
+            folder = name + folder_suffix(budget)
+            if self.done(folder):
+                warm = load_file(str(self.out / folder / "tensors.safetensors"))["soft_prompt"]
+                continue
+            ckpt = FileCheckpoint(self.out / ".checkpoints" / folder, self.cfg.checkpoint_every)
+            total = optim.problem_steps(target.shape[0], restarts)
+            with StepBar(total, self._label(folder), self.show_progress) as bar:
+                result = solve_condition(self.lm, self.layer, target, restarts, optim, run.seed, self.mu, ablation,
+                                         run.floor_draws, progress=bar.update, checkpoint=ckpt,
+                                         cap=absolute_cap(self.lm, budget), warm_start=warm)
+            self._finish(folder, result, experiment, ablation, restarts, optim, tokens, row_fields, extra_json,
+                         after, budget=budget)
+            ckpt.clear()
+            warm = result.soft_prompt
 
     def _finish(self, name, result: ConditionResult, experiment, ablation, restarts, optim, tokens, row_fields,
-                extra_json, after=None, extra_tensors=None):
+                extra_json, after=None, extra_tensors=None, budget: float = math.inf, budget_applies: bool = True):
         for key, values in (row_fields or {}).items():
             for rec, v in zip(result.problems, values):
                 rec[key] = v.item() if hasattr(v, "item") else v
@@ -147,10 +161,15 @@ class SuiteRunner:
                                   targets=result.target.shape[0])
         config = resolved_config(run, self.lm, self.layer, experiment)
         config["condition"] = name
+        config.update(budget_fields(self.lm, budget if budget_applies else math.inf))
+        if not budget_applies:
+            config["source_norm_budget_tokens"] = None if math.isinf(budget) else budget
         extra = dict(extra_json or {})
         if after is not None:
             extra.update(after(result))
-        write_condition(self.out / name, result, config, TITLES[name], overwrite=False, tokens=tokens,
+        title = TITLES[name[: len(name) - len(folder_suffix(budget))]] + ("" if math.isinf(budget) else f", norm budget {budget_label(budget)}"
+                                                " x the mean token norm")
+        write_condition(self.out / name, result, config, title, overwrite=False, tokens=tokens,
                         extra_tensors={"corpus_mean": self.mu, **(extra_tensors or {})}, extra_json=extra)
 
     def _label(self, name: str) -> str:
@@ -158,8 +177,10 @@ class SuiteRunner:
         return f"[{names.index(name) + 1}/{len(names)}] {name}"
 
     def condition_names(self) -> list[str]:
+        """Every folder the suite writes, in the order it writes them."""
         expand = {"exp4": ["exp4_no_attn", "exp4_no_mlp"], "exp5": ["exp5_raw", "exp5_pca"]}
-        return [n for e in self.cfg.experiments for n in expand.get(e, [e])]
+        return [n + folder_suffix(b) for e in self.cfg.experiments for n in expand.get(e, [e])
+                for b in self.cfg.run.norm_budgets]
 
     # ----- the experiments ----------------------------------------------------------------
     def run(self) -> Path:
@@ -189,13 +210,18 @@ class SuiteRunner:
                 "norms_exclude_pos0": True}
 
     def run_exp1b(self):
-        if self.done("exp1b"):
+        for budget in self.cfg.run.norm_budgets:
+            self.project_exp1(folder_suffix(budget), budget)
+
+    def project_exp1(self, suffix: str, budget: float) -> None:
+        """Exp 1b at one budget: the Exp 1 solutions of that budget projected to their nearest tokens."""
+        if self.done("exp1b" + suffix):
             return
-        if not self.done("exp1"):
+        if not self.done("exp1" + suffix):
             self.run_exp1()
         from .manifold import manifold_summary, nearest_tokens, project_to_tokens
 
-        soft = load_file(str(self.out / "exp1" / "tensors.safetensors"))["soft_prompt"]  # [N, T, d]
+        soft = load_file(str(self.out / ("exp1" + suffix) / "tensors.safetensors"))["soft_prompt"]  # [N, T, d]
         emb = self.lm.embedding_matrix.detach().float().cpu()
         allowed = ordinary_token_ids(self.lm)
         analysis = manifold_summary(soft, emb, self.lm.tokenizer, allowed)
@@ -206,22 +232,26 @@ class SuiteRunner:
         analysis["projection"] = {k: result.summary[k] for k in ("cos", "cos_no_pos0", "mse", "floor_cos",
                                                                   "floor_cos_no_pos0") if k in result.summary}
         rows = {"projected_text": [self.lm.tokenizer.decode(t) for t in ids]}
-        # the projected token ids are stored so anyone can re-evaluate them from input_ids alone
-        self._finish("exp1b", result, "exp1b", "none", 1, self.cfg.run.optim, None, rows,
-                     {"analysis.json": analysis}, extra_tensors={"projected_tokens": ids.long()})
+        # the projected token ids are stored so anyone can re-evaluate them from input_ids alone; real
+        # tokens are not held to the budget of the solutions they come from (config says which that was)
+        self._finish("exp1b" + suffix, result, "exp1b", "none", 1, self.cfg.run.optim, None, rows,
+                     {"analysis.json": analysis}, extra_tensors={"projected_tokens": ids.long()},
+                     budget=budget, budget_applies=False)
 
     def run_exp4(self):
         for ablation in ("no_attn", "no_mlp"):
             self.solve(f"exp4_{ablation}", self.targets, "exp4", ablation=ablation, tokens=self.tokens)
-        if self.done("exp1"):
-            atomic_write_text(self.out / "exp4_analysis.json", dumps_json(self.ablation_correlations()))
+        for budget in self.cfg.run.norm_budgets:
+            suffix = folder_suffix(budget)
+            if self.done("exp1" + suffix):
+                atomic_write_text(self.out / f"exp4_analysis{suffix}.json", dumps_json(self.ablation_correlations(suffix)))
 
-    def ablation_correlations(self) -> dict:
+    def ablation_correlations(self, suffix: str = "") -> dict:
         from scipy import stats
 
-        cos = {"full": [p["cos"] for p in self.load_problems("exp1")],
-               "no_attn": [p["cos"] for p in self.load_problems("exp4_no_attn")],
-               "no_mlp": [p["cos"] for p in self.load_problems("exp4_no_mlp")]}
+        cos = {"full": [p["cos"] for p in self.load_problems("exp1" + suffix)],
+               "no_attn": [p["cos"] for p in self.load_problems("exp4_no_attn" + suffix)],
+               "no_mlp": [p["cos"] for p in self.load_problems("exp4_no_mlp" + suffix)]}
         out = []
         for a, b in (("full", "no_attn"), ("full", "no_mlp"), ("no_attn", "no_mlp")):
             x, y = np.asarray(cos[a]), np.asarray(cos[b])
@@ -235,7 +265,7 @@ class SuiteRunner:
         return {"correlations": out}
 
     def run_exp2a(self):
-        if self.done("exp2a"):
+        if self.all_done("exp2a"):
             return
         from .synthetic_targets import distribution_matched_targets, fit_position_gaussian
 
@@ -254,7 +284,7 @@ class SuiteRunner:
         self.solve("exp2a", target, "exp2a", extra_json={"analysis.json": analysis})
 
     def run_exp2b(self):
-        if self.done("exp2b"):
+        if self.all_done("exp2b"):
             return
         from .synthetic_targets import raw_random_targets, typical_norms
 
@@ -263,7 +293,7 @@ class SuiteRunner:
         self.solve("exp2b", target, "exp2b", extra_json={"analysis.json": {"typical_norms": norms.tolist()}})
 
     def run_exp3(self):
-        if self.done("exp3"):
+        if self.all_done("exp3"):
             return
         from .synthetic_targets import EXP3_ALPHAS, interpolated_targets
 
@@ -276,7 +306,7 @@ class SuiteRunner:
     def run_exp5(self):
         from .synthetic_targets import EXP5_FRACTIONS, corrupt_raw_dimensions, corrupt_top_pca
 
-        if self.done("exp5_raw") and self.done("exp5_pca"):
+        if self.all_done("exp5_raw") and self.all_done("exp5_pca"):
             return
         idx = sample_windows(self.windows, self.cfg.exp5_targets, self.cfg.run.seed + 41)
         base = residuals_of_tokens(self.lm, self.windows.tokens[idx], self.layer)  # [K, T, d]

@@ -451,9 +451,10 @@ def plan(sweep: Sweep, rate: float | None = None) -> list[dict]:
 
 # ---------------------------------------------------------------- collect
 
-COLUMNS = ["cell", "model", "n_layers", "layer", "depth", "experiment", "condition", "ablation", "overrides",
-           "median_cos", "mean_cos", "median_cos_no_pos0", "median_mse", "floor_cos", "floor_cos_no_pos0",
-           "cos_minus_floor", "cos_minus_floor_no_pos0", "n_targets", "seconds", "problem_steps_per_second"]
+COLUMNS = ["cell", "model", "n_layers", "layer", "depth", "experiment", "condition", "ablation", "norm_budget",
+           "overrides", "median_cos", "mean_cos", "median_cos_no_pos0", "median_mse", "floor_cos",
+           "floor_cos_no_pos0", "copy_cos_no_pos0", "share_converged", "cos_minus_floor", "cos_minus_floor_no_pos0",
+           "n_targets", "seconds", "problem_steps_per_second"]
 
 
 def read_sweep_record(out: str | Path) -> dict:
@@ -498,12 +499,14 @@ def collect_rows(out: str | Path) -> tuple[list[dict], dict, list[str]]:
             row = {"cell": cell["slug"], "model": cell["model"], "n_layers": n_layers, "layer": cell["layer"],
                    "depth": cell["layer"] / n_layers if n_layers else math.nan,
                    "experiment": cfg.get("experiment", name), "condition": name,
-                   "ablation": cfg.get("ablation", "none"),
+                   "ablation": cfg.get("ablation", "none"), "norm_budget": cond.budget,
                    "overrides": ",".join(f"{k}={json.dumps(v)}" for k, v in cell["combo"].items()),
                    "median_cos": cond.median("cos"),
                    "mean_cos": float(np.mean(cos[np.isfinite(cos)])) if np.isfinite(cos).any() else math.nan,
                    "median_cos_no_pos0": cond.median("cos_no_pos0"), "median_mse": cond.median("mse"),
                    "floor_cos": cond.median("floor_cos"), "floor_cos_no_pos0": cond.median("floor_cos_no_pos0"),
+                   "copy_cos_no_pos0": cond.median("copy_cos_no_pos0"),
+                   "share_converged": s.get("share_converged", math.nan),
                    "n_targets": len(cond.rows), "seconds": s.get("seconds", math.nan),
                    "problem_steps_per_second": s.get("problem_steps_per_second", math.nan)}
             row["cos_minus_floor"] = row["median_cos"] - row["floor_cos"]
