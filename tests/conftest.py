@@ -6,6 +6,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from softreach.optimize import ChunkCheckpoint  # noqa: E402
 from softreach.random_models import ARCHS, random_model, save_random_model  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -29,3 +30,20 @@ def smollm2():
 def tiny_model_dir(tmp_path):
     """A tiny random GPT-NeoX saved as a local model folder, as a user would pass with --model."""
     return save_random_model(tmp_path / "tiny-neox", "gpt_neox", n_layers=2)
+
+
+class MemoryCheckpoint(ChunkCheckpoint):
+    """Keeps checkpoints in memory; raises KeyboardInterrupt once a saved step reaches `stop_after`."""
+
+    def __init__(self, every, stop_after=None):
+        self.every, self.saved, self.stop_after = every, {}, stop_after
+
+    def load(self, chunk):
+        return self.saved.get(chunk)
+
+    def save(self, chunk, state):
+        import copy
+
+        self.saved[chunk] = copy.deepcopy(state)
+        if self.stop_after is not None and state["step"] >= self.stop_after:
+            raise KeyboardInterrupt

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import MemoryCheckpoint
 import torch
 import torch.nn.functional as F
 
@@ -106,21 +107,6 @@ def test_early_stopping_keeps_batched_equal_to_alone():
         torch.testing.assert_close(batched.soft_prompt[i], alone.soft_prompt[0], rtol=1e-3, atol=1e-4)
 
 
-class _Interrupt(ChunkCheckpoint):
-    def __init__(self, every, stop_after):
-        self.every, self.saved, self.stop_after = every, {}, stop_after
-
-    def load(self, chunk):
-        return self.saved.get(chunk)
-
-    def save(self, chunk, state):
-        import copy
-
-        self.saved[chunk] = copy.deepcopy(state)
-        if self.stop_after is not None and state["step"] >= self.stop_after:
-            raise KeyboardInterrupt
-
-
 def test_resume_is_exact_with_early_stopping_and_budgets():
     lm = random_model("gpt2")
     target = _targets(lm, 4).repeat_interleave(2, 0)
@@ -128,7 +114,7 @@ def test_resume_is_exact_with_early_stopping_and_budgets():
     cfg = OptimConfig(steps=120, lr=0.05, window=10, prune_after=15, tol=1e-5)
     straight = optimise(lm, 2, target, init, cfg, group=2, max_norm=1.0)
     assert 50 < int(straight.steps_run.max()) < 120  # pruned at 15, then stopped early, after the interruption
-    ckpt = _Interrupt(every=7, stop_after=50)
+    ckpt = MemoryCheckpoint(every=7, stop_after=50)
     with pytest.raises(KeyboardInterrupt):
         optimise(lm, 2, target, init, cfg, group=2, checkpoint=ckpt, max_norm=1.0)
     ckpt.stop_after = None

@@ -1,4 +1,5 @@
 import pytest
+from conftest import MemoryCheckpoint
 import torch
 
 from softreach.errors import UserError
@@ -49,27 +50,12 @@ def test_initial_prompts_do_not_depend_on_the_batch():
     assert not torch.allclose(a, initial_prompts([(0, 0), (1, 0), (1, 1)], 4, 8, 1.0, seed=6))
 
 
-class _MemoryCheckpoint(ChunkCheckpoint):
-    def __init__(self, every, stop_after=None):
-        self.every, self.saved, self.stop_after = every, {}, stop_after
-
-    def load(self, chunk):
-        return self.saved.get(chunk)
-
-    def save(self, chunk, state):
-        import copy
-
-        self.saved[chunk] = copy.deepcopy(state)
-        if self.stop_after is not None and state["step"] >= self.stop_after:
-            raise KeyboardInterrupt
-
-
 def test_resumed_chunk_equals_uninterrupted(tiny_lm):
     cfg = OptimConfig(steps=20, lr=0.05)
     target = _targets(tiny_lm, 3)
     init = initial_prompts([(i, 0) for i in range(3)], 6, tiny_lm.d_model, 1.0, seed=0)
     straight = optimise(tiny_lm, 2, target, init, cfg)
-    ckpt = _MemoryCheckpoint(every=5, stop_after=10)
+    ckpt = MemoryCheckpoint(every=5, stop_after=10)
     with pytest.raises(KeyboardInterrupt):
         optimise(tiny_lm, 2, target, init, cfg, checkpoint=ckpt)
     ckpt.stop_after = None
@@ -144,7 +130,7 @@ def test_resume_across_the_pruning_step_is_exact(tiny_lm):
     init = initial_prompts([(i, r) for i in range(2) for r in range(2)], 6, tiny_lm.d_model, 1.0, seed=0)
     straight = optimise(tiny_lm, 2, target, init, cfg, group=2)
     for stop in (5, 10):  # before and after the pruning step
-        ckpt = _MemoryCheckpoint(every=5, stop_after=stop)
+        ckpt = MemoryCheckpoint(every=5, stop_after=stop)
         with pytest.raises(KeyboardInterrupt):
             optimise(tiny_lm, 2, target, init, cfg, checkpoint=ckpt, group=2)
         ckpt.stop_after = None

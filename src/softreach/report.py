@@ -30,6 +30,7 @@ import numpy as np
 from . import __version__, plots
 from .errors import UserError
 from .store import atomic_write_text
+from .summary_md import ROWS as STATISTICS_ROWS
 
 # folder name -> (label in tables, target type)
 EXPERIMENTS = {
@@ -476,28 +477,7 @@ def _across(run: Run) -> list[str]:
     return out
 
 
-# rows of the per-condition statistics table: (label, problems.jsonl key); rows absent from a folder are left out
-STAT_ROWS: list[tuple] = [
-    ("cosine (mean over positions)", "cos"),
-    ("cosine without position 0", "cos_no_pos0"),
-    ("MSE", "mse"),
-    ("MSE without position 0", "mse_no_pos0"),
-    ("centred cosine", "centred_cos"),
-    ("FVU", "fvu"),
-    ("FVU without position 0", "fvu_no_pos0"),
-    ("random-token floor (cosine)", "floor_cos"),
-    ("random-token floor without position 0", "floor_cos_no_pos0"),
-    ("copy baseline (cosine)", "copy_cos"),
-    ("copy baseline without position 0", "copy_cos_no_pos0"),
-    ("copy baseline scale a (input = a · target)", "copy_scale"),
-    ("convergence (cos change over last 20% of steps)", "convergence_delta"),
-    ("restart spread (max - min cos)", "restart_spread"),
-    ("steps run", "steps_run", 1),
-    ("loss gain per 100 steps at the end", "gain_per_100_steps"),
-    ("input-norm growth per 100 steps at the end (relative)", "norm_growth_per_100_steps"),
-    ("largest input vector norm", "input_norm_max"),
-    ("mean input vector norm", "input_norm_mean"),
-]
+STAT_ROWS = STATISTICS_ROWS  # one list of rows for summary.md and the report
 
 
 def _stats_table(x: Condition) -> list[str]:

@@ -10,7 +10,9 @@ def _fmt(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}f}"
 
 
-ROWS = [
+# rows of a per-condition statistics table: (label, problems.jsonl key[, decimal places]); the report
+# shows the same rows; rows absent from a folder are left out
+ROWS: list[tuple] = [
     ("cosine (mean over positions)", "cos"),
     ("cosine without position 0", "cos_no_pos0"),
     ("MSE", "mse"),
@@ -20,14 +22,22 @@ ROWS = [
     ("FVU without position 0", "fvu_no_pos0"),
     ("random-token floor (cosine)", "floor_cos"),
     ("random-token floor without position 0", "floor_cos_no_pos0"),
+    ("copy baseline (cosine)", "copy_cos"),
+    ("copy baseline without position 0", "copy_cos_no_pos0"),
+    ("copy baseline scale a (input = a · target)", "copy_scale"),
     ("convergence (cos change over last 20% of steps)", "convergence_delta"),
     ("restart spread (max - min cos)", "restart_spread"),
+    ("steps run", "steps_run", 1),
+    ("loss gain per 100 steps at the end", "gain_per_100_steps"),
+    ("input-norm growth per 100 steps at the end (relative)", "norm_growth_per_100_steps"),
+    ("largest input vector norm", "input_norm_max"),
+    ("mean input vector norm", "input_norm_mean"),
 ]
 
 
 def summary_table(summary: dict) -> str:
     lines = ["| metric | median | mean | std | min | max |", "|---|---|---|---|---|---|"]
-    for label, key in ROWS:
+    for label, key, *_ in ROWS:
         if key in summary:
             s = summary[key]
             lines.append(f"| {label} | {_fmt(s['median'])} | {_fmt(s['mean'])} | {_fmt(s['std'])} | "
@@ -46,8 +56,20 @@ def summary_markdown(title: str, config: dict, summary: dict) -> str:
         f"- layer {config['layer']}, ablation {config['ablation']}, T={config['seq_len']}, "
         f"{summary['n_targets']} targets x {config['restarts']} restarts, {o['steps']} steps, "
         f"Adam lr {o['lr']}, init N(0, {o['init_scale']}^2), seed {config['seed']}",
+        f"- norm budget: {_budget_text(config)}; converged: {_share(summary, 'share_converged')}, "
+        f"beating the copy baseline: {_share(summary, 'share_beats_copy')}",
         f"- time: {summary['seconds']:.1f} s of optimisation, "
         f"{summary['problem_steps_per_second']:.1f} problem-steps/s on {config['device']}",
         "",
     ]
     return "\n".join(head) + summary_table(summary) + "\n"
+
+
+def _budget_text(config: dict) -> str:
+    if config.get("norm_budget") is None:
+        return "free"
+    return f"{config.get('norm_budget_tokens', '?')} x the mean token-embedding norm ({config['norm_budget']:.4g})"
+
+
+def _share(summary: dict, key: str) -> str:
+    return f"{100 * summary[key]:.0f}%" if key in summary else "-"
