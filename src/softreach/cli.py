@@ -35,8 +35,9 @@ OPTIM_FLAGS = {
     "--memory-budget-mb": ("memory_budget_mb", float, "memory a batched step may use (MiB); the batch is split to fit"),
     "--schedule": ("schedule", str, "learning-rate schedule: plateau (per problem), constant or cosine"),
     "--start": ("start", str, "copy (restart 0 from the best scaled copy / the smaller budget's solution) or random"),
-    "--tol": ("tol", float, "convergence tolerance: loss gain (1 - cos) per window below which a problem has converged"),
-    "--window": ("window", int, "steps per convergence window"),
+    "--tol": ("tol", float, "convergence tolerance (1 - cos units): converged once the best loss is below it or the run's "
+                        "second half gained less"),
+    "--window": ("window", int, "steps between convergence checks (and the plateau schedule's look-back)"),
     "--plateau-decays": ("plateau_decays", int, "learning-rate halvings before a stalled window counts as converged"),
     "--dtype": ("dtype", str, "compute dtype: float32 or bfloat16 (metrics always float32)"),
 }
