@@ -10,7 +10,7 @@ from conftest import MemoryCheckpoint
 import torch
 import torch.nn.functional as F
 
-from softreach.budget import absolute_cap, clip_norms, mean_token_norm, parse_budgets
+from softreach.budget import absolute_cap, mean_token_norm, parse_budgets
 from softreach.cli import main
 from softreach.condition import solve_condition
 from softreach.copy_baseline import COPY_SCALES, copy_baseline

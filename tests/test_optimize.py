@@ -3,7 +3,7 @@ from conftest import MemoryCheckpoint
 import torch
 
 from softreach.errors import UserError
-from softreach.optimize import ChunkCheckpoint, OptimConfig, initial_prompts, optimise
+from softreach.optimize import OptimConfig, initial_prompts, optimise
 from softreach.residual import residual_at
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 import torch
 import torch.nn.functional as F
 
+from .budget import clip_norms
 from .errors import UserError
 from .floor import ordinary_token_ids
 from .models import LoadedModel
@@ -85,8 +86,7 @@ class NormBound(InputParam):
         self.max_norm = float(max_norm)
 
     def after_step(self, param: torch.Tensor) -> None:  # param [B, T, d], in place
-        norms = param.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [B, T, 1]
-        param.mul_((self.max_norm / norms).clamp(max=1.0))
+        param.copy_(clip_norms(param, self.max_norm))
 
 
 class NearestPenalty(InputParam):

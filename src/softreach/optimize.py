@@ -138,6 +138,8 @@ class OptimResult:
     @property
     def steps_run(self) -> torch.Tensor:  # [P] iterates evaluated per problem
         return (~torch.isnan(self.loss_curve)).sum(1)
+
+
 def initial_prompts(keys: list[tuple[int, int]], seq_len: int, d_model: int, scale: float, seed: int) -> torch.Tensor:
     """Initial soft prompts, one per (target index, restart) key: [P, T, d].
 
@@ -242,7 +244,8 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
                     param=FREE, group=1, caps=None):
     """Optimise one batch of problems. Rows come in groups of `group` restarts of one target; with
     cfg.prune_after, only the best row of each group continues past that step. Returns
-    (best parameter [B, T, ...], loss curve [B, S], cos curve [B, S], norm curve [B, S], converged [B])."""
+    (best parameter [B, T, ...], loss curve [B, S], cos curve [B, S], norm curve [B, S], converged [B],
+    best loss [B])."""
     dev = lm.device
     model, compute = lm.compute_model(cfg.dtype), getattr(torch, cfg.dtype)
     all_targets = targets.to(dev, torch.float32)  # [B, T, d]
@@ -273,29 +276,21 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
     while s["step"] < cfg.steps and len(s["alive"]):
         step = s["step"]
         if step == prune_at and not s["pruned"]:
-            best_loss = torch.nan_to_num(s["loss_curve"][:, :step], nan=math.inf).min(1).values
-            keep = best_loss.view(-1, group).argmin(1) + torch.arange(0, rows, group)  # [B / group]
+            keep = s["best_loss"].view(-1, group).argmin(1) + torch.arange(0, rows, group)  # [B / group]
             _keep(s, torch.isin(s["alive"], keep))
             s["pruned"] = True
             if not len(s["alive"]):  # the kept restarts had all converged already
                 break
         alive = s["alive"]
         soft = s["soft"].requires_grad_(True)
-        target = all_targets[alive.to(dev)] if len(alive) < rows else all_targets
-        inputs = param.inputs(soft)  # [B', T, d]
-        achieved = residual_at(model, layer, inputs_embeds=inputs.to(compute), ablation=ablation)
-        loss, cos = reachability_loss(achieved.float(), target, cfg.mse_weight, cfg.skip_pos0, cfg.mse_norm)
-        extra = param.penalty(soft, inputs)
-        if extra is not None:
-            loss = loss + extra
+        target = all_targets if len(alive) == rows else all_targets[alive.to(dev)]
+        inputs, loss, cos = _evaluate(model, compute, layer, soft, target, cfg, ablation, param)
         if not torch.isfinite(loss).all():
             raise UserError(f"loss became non-finite at step {step}; try a smaller --lr or --init-scale")
         (grad,) = torch.autograd.grad(loss.sum(), soft)
         soft = soft.detach()
         loss, cos = loss.detach().cpu(), cos.detach().cpu()
-        improved = loss < s["best_loss"][alive]
-        s["best"][alive[improved]] = soft[improved.to(dev)].cpu()
-        s["best_loss"][alive[improved]] = loss[improved]
+        _record_best(s, soft, loss)
         s["loss_curve"][alive, step] = loss
         s["cos_curve"][alive, step] = cos
         s["norm_curve"][alive, step] = inputs.detach().float().norm(dim=-1).mean(1).cpu()
@@ -310,21 +305,27 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
         if checkpoint.every and (s["step"] % checkpoint.every == 0 or s["step"] == cfg.steps or not len(s["alive"])):
             checkpoint.save(chunk, {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in s.items()})
     if len(s["alive"]):  # the iterate after the last step is a candidate too
-        _consider_last_iterate(s, lm, layer, model, compute, all_targets, cfg, ablation, param)
+        with torch.no_grad():
+            _, loss, _ = _evaluate(model, compute, layer, s["soft"], all_targets[s["alive"].to(dev)], cfg, ablation,
+                                   param)
+        _record_best(s, s["soft"], loss.cpu())
     return s["best"], s["loss_curve"], s["cos_curve"], s["norm_curve"], s["converged"], s["best_loss"]
 
 
-@torch.no_grad()
-def _consider_last_iterate(s, lm, layer, model, compute, all_targets, cfg, ablation, param) -> None:
-    alive = s["alive"]
-    inputs = param.inputs(s["soft"])
+def _evaluate(model, compute, layer, soft, target, cfg: OptimConfig, ablation, param):
+    """Inputs [B', T, d], loss [B'] (penalty included) and cosine [B'] of the parameter `soft`."""
+    inputs = param.inputs(soft)
     achieved = residual_at(model, layer, inputs_embeds=inputs.to(compute), ablation=ablation)
-    loss, _ = reachability_loss(achieved.float(), all_targets[alive.to(lm.device)], cfg.mse_weight, cfg.skip_pos0,
-                                cfg.mse_norm)
-    extra = param.penalty(s["soft"], inputs)
-    loss = (loss if extra is None else loss + extra).cpu()
+    loss, cos = reachability_loss(achieved.float(), target, cfg.mse_weight, cfg.skip_pos0, cfg.mse_norm)
+    extra = param.penalty(soft, inputs)
+    return inputs, (loss if extra is None else loss + extra), cos
+
+
+def _record_best(s: dict, soft: torch.Tensor, loss: torch.Tensor) -> None:
+    """Keep each alive row's iterate `soft` [B', T, ...] where its loss [B'] (CPU) beats its best so far."""
+    alive = s["alive"]
     improved = loss < s["best_loss"][alive]
-    s["best"][alive[improved]] = s["soft"][improved.to(lm.device)].cpu()
+    s["best"][alive[improved]] = soft[improved.to(soft.device)].detach().cpu()
     s["best_loss"][alive[improved]] = loss[improved]
 
 

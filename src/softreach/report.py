@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, plots
+from .budget import budget_label, folder_suffix, parse_budget
 from .errors import UserError
 from .store import atomic_write_text
 from .summary_md import ROWS as STATISTICS_ROWS
@@ -56,11 +57,6 @@ ABLATION_KEYS = {"exp1": "full", "exp4_no_attn": "no_attn", "exp4_no_mlp": "no_m
 RADIUS_COS = 0.99  # reachability radius: smallest budget at which a target's cos w/o pos 0 reaches this
 CONVERGED_OK = 0.9  # a share converged below this is flagged in the tables
 _SUFFIX = re.compile(r"^(?P<base>.+?)_b(?P<budget>inf|\d+(?:\.\d*)?(?:e[-+]?\d+)?)$")
-
-
-def budget_text(budget: float) -> str:
-    """1.0 -> '1', 0.5 -> '0.5', inf -> 'inf' (as softreach.budget.budget_label, without importing torch)."""
-    return "inf" if math.isinf(budget) else f"{budget:g}"
 
 
 def split_budget(name: str, config: dict | None = None) -> tuple[str, float]:
@@ -110,7 +106,7 @@ class Condition:
 
     @property
     def label(self) -> str:
-        return self.base_label if self.free else f"{self.base_label} (budget {budget_text(self.budget)})"
+        return self.base_label if self.free else f"{self.base_label} (budget {budget_label(self.budget)})"
 
     @property
     def target_type(self) -> str:
@@ -203,7 +199,7 @@ def _single_name(path: Path, config: dict) -> str:
     if exp == "exp4" and config.get("ablation") not in (None, "none"):
         exp = f"exp4_{config['ablation']}"
     budget = split_budget(exp, config)[1]
-    return exp if math.isinf(budget) or _SUFFIX.match(exp) else f"{exp}_b{budget_text(budget)}"
+    return exp if _SUFFIX.match(exp) else exp + folder_suffix(budget)
 
 
 def _run_order(names) -> list[str]:
@@ -333,7 +329,7 @@ def _header(run: Run) -> list[str]:
     rows = []
     for x in conds:
         s = x.summary
-        rows.append([x.base_label, budget_text(x.budget), f"`{x.path.name}/`" if not run.single else "`.`",
+        rows.append([x.base_label, budget_label(x.budget), f"`{x.path.name}/`" if not run.single else "`.`",
                      str(len(x.rows)),
                      str(x.config.get("restarts", "?")), str(x.config.get("optim", {}).get("steps", "?")),
                      str(x.config.get("optim", {}).get("lr", "?")), str(x.config.get("ablation", "?")),
@@ -366,20 +362,17 @@ def _suite_budgets(run: Run) -> list[float]:
         asked = None
     wanted = set()
     for item in asked if isinstance(asked, list) else []:
-        text = str(item).strip().lower()
         try:
-            value = math.inf if text in ("inf", "free", "none") else float(text)
-        except ValueError:
+            wanted.add(parse_budget(str(item)))
+        except UserError:
             continue
-        if value > 0:
-            wanted.add(value)
     return sorted(wanted or found)
 
 
 def _missing(run: Run) -> list[str]:
     """Folders and side files a complete suite would hold at its budgets but this run lacks."""
     budgets = _suite_budgets(run)
-    suffix = {b: "" if math.isinf(b) else f"_b{budget_text(b)}" for b in budgets}
+    suffix = {b: folder_suffix(b) for b in budgets}
     present = {(x.base, x.budget) for x in run.conditions.values()}
     missing = [f"`{n}{suffix[b]}/`" for n in EXPERIMENTS for b in budgets if (n, b) not in present]
     for name, file in (("exp1", "trajectories.json"), ("exp1b", "analysis.json")):
@@ -425,7 +418,7 @@ def _synthesis(run: Run) -> list[str]:
     for x in run.conditions.values():
         mark = " †" if _not_beating(x) else ""
         beats = _pct(_share(x.beats_copy()))
-        rows.append([x.base_label, budget_text(x.budget), x.target_type, fmt(x.median("cos_no_pos0")) + mark,
+        rows.append([x.base_label, budget_label(x.budget), x.target_type, fmt(x.median("cos_no_pos0")) + mark,
                      fmt(x.median("copy_cos_no_pos0")), fmt(x.median("floor_cos_no_pos0")),
                      f"**{beats}**" if mark else beats, _converged_cell(x), _steps_cell(x),
                      fmt(x.median("cos")), fmt(x.median("copy_cos")), fmt(x.median("floor_cos")),
@@ -454,10 +447,10 @@ def _across(run: Run) -> list[str]:
            "figures." + (" One pair of figures per norm budget." if len(budgets) > 1 else ""), ""]
     for budget in budgets:
         shown = [x for x in singles if x.budget == budget]
-        suffix = "" if math.isinf(budget) else f"_b{budget_text(budget)}"
-        where = "free input" if math.isinf(budget) else f"budget {budget_text(budget)}"
+        suffix = folder_suffix(budget)
+        where = "free input" if math.isinf(budget) else f"budget {budget_label(budget)}"
         if len(budgets) > 1:
-            out += [f"### {'Free input' if math.isinf(budget) else f'Budget {budget_text(budget)}'}", ""]
+            out += [f"### {'Free input' if math.isinf(budget) else f'Budget {budget_label(budget)}'}", ""]
         curves = {x.base_label: c for x in shown if (c := _best_restart_curve(x)) is not None}
         if curves:
             out += [_figure(run, f"loss_curves{suffix}.png", f"loss curves, {where}", plots.loss_curves, curves,
@@ -494,7 +487,7 @@ def _budget_phrase(x: Condition) -> str:
     if x.free:
         return "free input norm (no budget)"
     cap = _float(x.config.get("norm_budget"))
-    text = f"input-norm budget {budget_text(x.budget)} × the mean token-embedding norm"
+    text = f"input-norm budget {budget_label(x.budget)} × the mean token-embedding norm"
     if math.isfinite(cap):
         return text + f" (cap {fmt(cap, 3)})"
     if x.config.get("source_norm_budget_tokens") is not None:
@@ -818,7 +811,7 @@ def _radius(xs: list[Condition]) -> list[str]:
     out = []
     for i in range(n):
         reached = [j for j in range(len(xs)) if cols[j, i] >= RADIUS_COS]
-        out.append(budget_text(xs[reached[0]].budget) if reached
+        out.append(budget_label(xs[reached[0]].budget) if reached
                    else "not reached" if np.isfinite(cols[:, i]).any() else "—")
     return out
 
@@ -841,7 +834,7 @@ def _exp4_budget_correlations(run: Run) -> list[str]:
     if not any(math.isfinite(b) for b, _ in found):
         return []
     found.sort(key=lambda bc: bc[0])
-    rows = [[budget_text(b), str(c.get("a")), str(c.get("b")), fmt(c.get("spearman_rho"), 3), fmt(c.get("p_value"), 3),
+    rows = [[budget_label(b), str(c.get("a")), str(c.get("b")), fmt(c.get("spearman_rho"), 3), fmt(c.get("p_value"), 3),
              fmt(c.get("pearson_r"), 3), fmt(c.get("pearson_p"), 3)] for b, c in found]
     return (["### Exp 4 difficulty correlations by budget", "",
              "From `exp4_analysis.json` (free) and `exp4_analysis_bB.json` (budget B): per-target cosine "
@@ -882,7 +875,7 @@ def _budgets(run: Run) -> list[str]:
             series[xs[0].base_label] = {"budget": [x.budget for x in xs], "cos": cos,
                                         "copy": [x.median("copy_cos_no_pos0") for x in xs],
                                         "floor": [x.median("floor_cos_no_pos0") for x in xs]}
-    out += _table(["Experiment"] + ["free" if math.isinf(b) else f"budget {budget_text(b)}" for b in budgets],
+    out += _table(["Experiment"] + ["free" if math.isinf(b) else f"budget {budget_label(b)}" for b in budgets],
                   rows) + [""]
     if series:
         out += [_figure(run, "budgets.png", "fidelity against norm budget", plots.budget_curves, series), ""]
@@ -915,7 +908,7 @@ def _budgets(run: Run) -> list[str]:
             cells.append(f"{k}/{len(rad)}")
         counts.append(cells)
     out += [f"Targets reached (cos w/o pos 0 ≥ {RADIUS_COS}) at or below each budget:", ""]
-    out += _table(["Experiment"] + ["free" if math.isinf(b) else f"≤ {budget_text(b)}" for b in budgets],
+    out += _table(["Experiment"] + ["free" if math.isinf(b) else f"≤ {budget_label(b)}" for b in budgets],
                   counts) + [""]
     n = max(len(rad) for _, rad in radii.values())
     if n <= 20:  # experiments as rows, targets as columns
