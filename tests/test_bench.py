@@ -3,7 +3,8 @@ import torch
 
 from softreach.baseline import log_method_steps
 from softreach.bench import bench_workload, flops_per_problem_step, format_table
-from softreach.optimize import LOG_OPTIM, OptimConfig, optimise
+from softreach.config import LOG_OPTIM, OptimConfig
+from softreach.optimize import optimise
 
 
 def test_flops_per_problem_step_counts_forward_and_input_backward():

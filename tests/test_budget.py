@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from softreach.budget import absolute_cap, mean_token_norm, parse_budgets
 from softreach.cli import main
 from softreach.condition import solve_condition
-from softreach.copy_baseline import COPY_SCALES, copy_baseline
+from softreach.copy_route import COPY_SCALES, copy_baseline
 from softreach.errors import UserError
 from softreach.optimize import ChunkCheckpoint, OptimConfig, initial_prompts, optimise
 from softreach.random_models import random_model

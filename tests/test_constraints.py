@@ -2,11 +2,13 @@
 import pytest
 import torch
 
-from softreach.constraints import (LadderSettings, NearestPenalty, NormBound, StraightThrough, TokenMixture,
-                                   nearest_rows, rung_settings, run_rung, setting_name, start_vectors,
-                                   token_table)
+from softreach import manifold
+from softreach.budget import mean_token_norm
+from softreach.config import LadderSettings
+from softreach.constraints import NearestPenalty, NormBound, StraightThrough, TokenMixture
 from softreach.errors import UserError
-from softreach.manifold import nearest_tokens
+from softreach.ladder.rungs import rung_settings, run_rung, setting_name, start_vectors
+from softreach.manifold import nearest_rows, nearest_tokens, token_table
 from softreach.metrics import reachability_loss
 from softreach.optimize import OptimConfig, initial_prompts, optimise
 from softreach.residual import residual_at
@@ -24,9 +26,11 @@ def test_token_table_holds_the_ordinary_tokens(tiny_lm):
     table = token_table(tiny_lm)
     assert table.ids.tolist() == list(range(2, 102))  # the char tokenizer: <unk>=0 and <eos>=1 are special
     torch.testing.assert_close(table.emb, tiny_lm.embedding_matrix[table.ids])
+    assert table.mean_norm == mean_token_norm(tiny_lm)  # the budget unit, from one place
+    assert table.mean_norm == pytest.approx(float(table.emb.norm(dim=1).mean()), rel=1e-6)
 
 
-def test_nearest_rows_agree_with_the_manifold_module(tiny_lm):
+def test_nearest_rows_agree_with_nearest_tokens_and_do_not_depend_on_chunking(tiny_lm, monkeypatch):
     table = token_table(tiny_lm)
     x = torch.randn(2, 5, tiny_lm.d_model)
     rows = nearest_rows(x, table, "cos")
@@ -34,6 +38,8 @@ def test_nearest_rows_agree_with_the_manifold_module(tiny_lm):
     l2 = nearest_rows(x, table, "l2")
     brute = torch.cdist(x.reshape(-1, x.shape[-1]), table.emb).argmin(1).view(2, 5)
     assert torch.equal(l2, brute)
+    monkeypatch.setattr(manifold, "_CHUNK_BYTES", 4 * table.ids.numel() * 3)  # 3 rows per chunk
+    assert torch.equal(nearest_rows(x, table, "cos"), rows) and torch.equal(nearest_rows(x, table, "l2"), l2)
 
 
 def test_norm_bound_holds_after_every_step(tiny_lm):

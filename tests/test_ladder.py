@@ -1,5 +1,4 @@
 """The constraint ladder on a tiny saved model: verifiable folders, frontier table and figure, resume, CLI."""
-import argparse
 import json
 import subprocess
 import sys
@@ -9,9 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from softreach.constraints import LadderSettings
+from softreach.cli import main
+from softreach.config import LadderConfig, LadderSettings
 from softreach.errors import UserError
-from softreach.ladder import add_ladder_parser, frontier_figure, frontier_table, run_ladder
+from softreach.ladder import run_ladder, run_ladder_config
+from softreach.plots.ladder import frontier_figure
+from softreach.report.ladder import frontier_table, load_frontier
 from softreach.targets import residuals_of_tokens
 
 VERIFY = Path(__file__).resolve().parents[2] / "shared" / "checks" / "verify_run.py"
@@ -108,7 +110,7 @@ def test_frontier_json_table_and_figure(ladder, tmp_path):
     for name in FOLDERS:
         assert f"| {name} |" in table
     assert "Random-token floor" in table
-    png = frontier_figure(ladder, tmp_path / "frontier.png")
+    png = frontier_figure(load_frontier(ladder), tmp_path / "frontier.png")
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 
@@ -117,7 +119,7 @@ def test_an_identical_run_resumes_and_another_is_refused(tiny, ladder):
     stamp = {n: (ladder / n / "problems.jsonl").stat().st_mtime_ns for n in FOLDERS}
     run_ladder(lm, LAYER, targets, tokens, ALL, LadderSettings(**SETTINGS), 0, ladder)
     assert stamp == {n: (ladder / n / "problems.jsonl").stat().st_mtime_ns for n in FOLDERS}
-    with pytest.raises(UserError, match="other settings"):
+    with pytest.raises(UserError, match=r"was made by another \w+ \(differs in settings\.steps\)"):
         run_ladder(lm, LAYER, targets, tokens, ["free"], LadderSettings(**{**SETTINGS, "steps": 9}), 0, ladder)
 
 
@@ -134,48 +136,55 @@ def test_synthetic_targets_store_no_tokens_and_still_verify(tiny):
         assert code == 0, f"{name}: {text}"
 
 
-def _parser():
-    p = argparse.ArgumentParser()
-    add_ladder_parser(p.add_subparsers(dest="command"))
-    return p
-
-
 def test_cli_runs_the_ladder_on_real_text_targets(tiny, tmp_path, capsys):
     root = tiny[0]
-    a = _parser().parse_args(["ladder", "--model", str(root / "tiny"), "--layer", "2", "--targets", "2",
-                              "--seq-len", "6", "--steps", "3", "--gcg-budget", "6", "--gcg-candidates", "2",
-                              "--rungs", "free,norm_bound,gcg,own_tokens", "--norm-bounds", "2",
-                              "--floor-draws", "1", "--out", str(tmp_path / "l"), "--no-progress", "--device", "cpu"])
-    assert a.func(a) == 0
+    assert main(["ladder", "--model", str(root / "tiny"), "--layer", "2", "--targets", "2", "--seq-len", "6",
+                 "--steps", "3", "--gcg-budget", "6", "--gcg-candidates", "2",
+                 "--rungs", "free,norm_bound,gcg,own_tokens", "--norm-bounds", "2", "--floor-draws", "1",
+                 "--out", str(tmp_path / "l"), "--no-progress", "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
     assert "| norm_bound_c2 |" in printed and "| own_tokens |" in printed
     assert (tmp_path / "l" / "frontier.png").is_file()
 
 
+def test_run_ladder_config_returns_the_folder_report_model_and_layer(tiny, tmp_path):
+    root = tiny[0]
+    cfg = LadderConfig(model=str(root / "tiny"), layer=2, targets=2, seq_len=6, device="cpu", rungs="own_tokens,free",
+                       settings=LadderSettings(steps=2, floor_draws=1))
+    done = run_ladder_config(cfg, tmp_path / "l", show_progress=False)
+    assert done["out"] == tmp_path / "l" and done["report"] == tmp_path / "l" / "report.md"
+    assert done["layer"] == 2 and done["lm"].n_layers == 2 and done["seconds"] > 0
+    assert "| own_tokens |" in done["report"].read_text()
+    assert sorted(p.name for p in done["out"].iterdir() if p.is_dir()) == ["free", "own_tokens"]
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a softreach ladder folder"):
+        run_ladder_config(cfg, tmp_path / "other", show_progress=False)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--rungs", "free,bogus"], "unknown rung 'bogus'"),
-    (["--norm-bounds", "1,x"], "--norm-bounds needs comma-separated numbers"),
+    (["--norm-bounds", "1,x"], "--norm-bounds needs numbers"),
     (["--gcg-budget", "1"], "--gcg-budget must be at least 2"),
     (["--steps", "0"], "--steps must be at least 1"),
     (["--targets", "0"], "--targets must be at least 1"),
     (["--layer", "9"], "layer 9 is outside 1..2"),
-    (["--init", "zeros"], "--init must be 'tokens' or 'normal'"),
-    (["--schedule", "step"], "--schedule must be"),
+    (["--init", "zeros"], "init must be one of tokens, normal, got 'zeros'"),
+    (["--schedule", "step"], "schedule must be one of cosine, constant, got 'step'"),
 ])
-def test_cli_bad_input_is_a_one_line_user_error(tiny, tmp_path, extra, message):
+def test_cli_bad_input_is_a_one_line_user_error(tiny, tmp_path, capsys, extra, message):
     args = ["ladder", "--model", str(tiny[0] / "tiny"), "--out", str(tmp_path / "o"), "--device", "cpu", *extra]
-    a = _parser().parse_args(args)
-    with pytest.raises(UserError) as e:
-        a.func(a)
-    assert message in str(e.value) and "\n" not in str(e.value)
+    assert main(args) == 2
+    err = capsys.readouterr().err.splitlines()  # model loading may draw a progress bar first
+    errors = [line for line in err if line.startswith("softreach: error: ")]
+    assert len(errors) == 1 and message in errors[0] and err[-1] == errors[0]
     assert not (tmp_path / "o").exists()
 
 
 def test_report_command_renders_a_ladder_folder(ladder, tmp_path):
     """`softreach report` on a ladder folder writes the frontier table and figure."""
     import shutil
-
-    from softreach.cli import main
 
     shutil.copytree(ladder, tmp_path / "lad")
     (tmp_path / "lad" / "frontier.png").unlink(missing_ok=True)

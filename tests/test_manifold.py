@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from softreach import manifold
 from softreach.errors import UserError
-from softreach.floor import ordinary_token_ids
 from softreach.manifold import manifold_summary, nearest_tokens, pca_reconstruction_error, project_to_tokens
 from softreach.random_models import random_model
 from softreach.residual import residual_at
@@ -111,7 +110,7 @@ def test_vectors_in_a_low_rank_embedding_subspace_reconstruct_exactly_at_that_ra
 def test_manifold_summary_is_json_ready_and_decodes_nearest_tokens():
     lm = random_model("gpt_neox")
     emb = lm.embedding_matrix
-    allowed = ordinary_token_ids(lm)
+    allowed = lm.ordinary_token_ids()
     ids = allowed[torch.tensor([[10, 10, 10, 20], [10, 30, 20, 40]])]  # [2, 4]
     soft = 2 * emb[ids].detach()
     out = manifold_summary(soft, emb, lm.tokenizer, allowed, ks=(1, 10, 32, 100))
@@ -131,7 +130,7 @@ def test_manifold_summary_is_json_ready_and_decodes_nearest_tokens():
 def test_projected_tokens_reproduce_their_residuals():
     lm = random_model("llama")
     emb = lm.embedding_matrix.detach()
-    allowed = ordinary_token_ids(lm)
+    allowed = lm.ordinary_token_ids()
     ids = allowed[torch.randint(0, allowed.numel(), (2, 6), generator=torch.Generator().manual_seed(9))]
     soft = 3 * emb[ids] + 0.05 * torch.randn(2, 6, lm.d_model, generator=torch.Generator().manual_seed(10))
     got_ids, projected = project_to_tokens(soft, emb, allowed)

@@ -15,3 +15,10 @@ def test_python_api_of_the_readme():
     free = sr.solve_condition(lm, 2, target, 1, sr.OptimConfig(steps=30), seed=0, warm_start=res.soft_prompt)
     assert free.problems[0]["cos_no_pos0"] >= p["cos_no_pos0"] - 1e-5
     assert (sr.copy_baseline(lm, 2, target).cos > 0.9).all()
+
+
+def test_every_api_name_resolves_to_its_object_not_a_module():
+    import inspect
+
+    for name in sr.__all__:
+        assert not inspect.ismodule(getattr(sr, name)), name

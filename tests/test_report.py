@@ -9,7 +9,7 @@ from PIL import Image
 
 from softreach.condition import ConditionResult, summarise
 from softreach.errors import UserError
-from softreach.exp1 import write_condition
+from softreach.results.folder import write_condition
 from softreach.report import write_report
 
 T, D, R, STEPS = 6, 8, 2, 40
@@ -312,15 +312,15 @@ def _section(text, title):
 
 
 def test_budget_folders_sit_next_to_their_experiment():
-    from softreach.report import _run_order, split_budget
+    from softreach.report.load import run_order, split_budget
 
     assert split_budget("exp4_no_mlp_b0.5") == ("exp4_no_mlp", 0.5)
     assert split_budget("exp2b") == ("exp2b", float("inf"))
     assert split_budget("exp1b_b1") == ("exp1b", 1.0)
     assert split_budget("exp1b", {"norm_budget_tokens": None, "source_norm_budget_tokens": 1}) == ("exp1b", 1.0)
     names = ["exp2b", "exp1", "foo", "exp1_b1", "exp4_no_mlp_b1", "exp1b_b1", "exp1_b0.5", "exp4_no_mlp", "exp1b"]
-    assert _run_order(names) == ["exp1_b0.5", "exp1_b1", "exp1", "exp1b_b1", "exp1b", "exp2b", "exp4_no_mlp_b1",
-                                 "exp4_no_mlp", "foo"]
+    assert run_order(names) == ["exp1_b0.5", "exp1_b1", "exp1", "exp1b_b1", "exp1b", "exp2b", "exp4_no_mlp_b1",
+                                "exp4_no_mlp", "foo"]
 
 
 def test_synthesis_has_a_row_per_budget_with_copy_marks_and_flags(budget_suite):
@@ -399,13 +399,47 @@ def test_single_budgeted_folder(tmp_path):
 def test_loss_curves_of_early_stopped_targets(tmp_path):
     import warnings
 
-    from softreach import plots
+    from softreach.plots.axes import _carry_forward
+    from softreach.plots.suite import loss_curves
 
     c = np.full((3, 50), np.nan)
     c[0, :10], c[1, :20], c[2, :1] = np.linspace(1, 0.1, 10), np.linspace(1, 0.01, 20), 0.5  # stopped early
-    filled = plots._carry_forward(c)
+    filled = _carry_forward(c)
     assert filled.shape == (3, 20) and filled[0, -1] == c[0, 9] and filled[2, -1] == 0.5
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        path = plots.loss_curves({"a": c, "b": np.full((2, 5), np.nan), "one step": c[2:, :]}, tmp_path / "l.png")
+        path = loss_curves({"a": c, "b": np.full((2, 5), np.nan), "one step": c[2:, :]}, tmp_path / "l.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_order_names_every_registered_condition():
+    from softreach.experiments.registry import CONDITIONS
+    from softreach.report.load import ORDER
+
+    assert sorted(ORDER) == sorted(CONDITIONS)
+    assert {k: LABELS[k] for k in ORDER} == {k: c.label for k, c in CONDITIONS.items()}
+
+
+def test_one_number_formatter_covers_every_report():
+    from softreach.report.format import fmt, pct, table
+
+    assert [fmt(x) for x in (0.5, 0, 12345.0, 1e-4, None, float("nan"), float("inf"), "x")] == [
+        "0.5000", "0.0000", "1.23e+04", "0.0001", "—", "—", "—", "—"]
+    assert fmt(np.float32(0.25), 2) == "0.25" and fmt(2, 1) == "2.0"
+    assert [fmt(x, missing=None) for x in (float("nan"), float("inf"), 0.125)] == ["nan", "inf", "0.1250"]  # summary.md
+    assert fmt(float("nan"), missing="–") == "–"
+    assert [pct(0.834), pct(float("nan")), pct(None, "-")] == ["83%", "—", "-"]
+    assert table(["a", "b"], [["1", "2"]]) == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+
+
+def test_stats_describe_and_correlations():
+    from softreach.stats import correlations, describe
+
+    assert describe([3.0]) == {"median": 3.0, "mean": 3.0, "std": 0.0, "min": 3.0, "max": 3.0}
+    d = describe([1.0, 2.0, 4.0])
+    assert d["median"] == 2.0 and d["std"] == pytest.approx(np.std([1, 2, 4], ddof=1)) and d["max"] == 4.0
+    c = correlations([1.0, 2.0, 3.0, 4.0], [1.0, 3.0, 2.0, 5.0])
+    assert c["n"] == 4 and c["spearman_rho"] == pytest.approx(0.8) and 0 < c["pearson_p"] < 1
+    for x, y in (([1.0, 2.0], [2.0, 1.0]), ([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])):  # too few points, constant series
+        c = correlations(x, y)
+        assert c["n"] == len(x) and all(np.isnan(c[k]) for k in ("spearman_rho", "p_value", "pearson_r", "pearson_p"))

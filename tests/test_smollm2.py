@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from softreach.config import RunConfig
-from softreach.exp1 import run_exp1
+from softreach.experiments.suite import run_exp1
 from softreach.optimize import OptimConfig
 from softreach.residual import residual_at
 

@@ -104,9 +104,9 @@ def test_a_folder_made_by_another_config_is_not_resumed(finished_suite, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--preset", "nope"], "unknown preset 'nope'"),
     (["--experiments", "exp1,exp9"], "unknown experiment 'exp9'"),
-    (["--set", "exp3_pairs=2", "--set", "exp3_pairs=3"], "conflicting overrides for exp3_pairs"),
+    (["--set", "exp3_pairs=2", "--set", "exp3_pairs=3"], "conflicting values for exp3_pairs"),
     (["--set", "steps.exp1b=10"], "only exp1, exp4"),
-    (["--set", "nonsense=1"], "unknown suite setting"),
+    (["--set", "nonsense=1"], "unknown setting 'nonsense'"),
 ])
 def test_bad_suite_input_is_refused(finished_suite, tmp_path, capsys, extra, message):
     code = main(suite_args(finished_suite / "tiny", tmp_path / "o", *extra))

@@ -1,6 +1,5 @@
 """Sweeps on two tiny random models: grid expansion, local backend, collect, Ray backend identical to local,
 a killed Ray worker retried, resume without recomputation, bad grids refused in one line."""
-import argparse
 import json
 import shutil
 import subprocess
@@ -11,8 +10,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from softreach.cli import main
 from softreach.errors import UserError
-from softreach.sweep import add_sweep_parsers, collect, load_sweep, parse_grid, problem_steps, run_sweep
+from softreach.sweep import collect, load_sweep, parse_grid, plan, problem_steps, run_sweep
 
 CONDITIONS = ["exp1", "exp2b"]
 SLUGS = ["tiny2__L01", "tiny2__L02", "tiny3__L01", "tiny3__L02", "tiny3__L03"]
@@ -51,14 +51,6 @@ def write_grid(path, raw):
     return path
 
 
-def cli(argv) -> int:
-    """The sweep subcommands as the CLI runs them (UserError is turned into exit code 2 by cli.main)."""
-    parser = argparse.ArgumentParser(prog="softreach")
-    add_sweep_parsers(parser.add_subparsers(dest="command", required=True))
-    a = parser.parse_args(argv)
-    return a.func(a)
-
-
 def results(out) -> dict:
     """Tensors and problems.jsonl of every cell and condition (no timings)."""
     return {(s, c): (load_file(str(out / "cells" / s / c / "tensors.safetensors")),
@@ -81,9 +73,10 @@ def mtimes(out) -> dict:
 
 @pytest.fixture(scope="module")
 def local_out(root):
-    """The grid run with the local backend through the CLI handler (which also collects)."""
+    """The grid run with the local backend through the CLI (which also collects)."""
     out = root / "local"
-    assert cli(["sweep", str(write_grid(root / "grid.yaml", grid(root))), "--out", str(out), "--no-progress"]) == 0
+    assert main(["sweep", str(write_grid(root / "grid.yaml", grid(root))), "--out", str(out), "--no-progress"]) == 0
+    assert (out / "cells.parquet").is_file() and (out / "sweep_report.md").is_file()
     return out
 
 
@@ -112,8 +105,6 @@ def test_grid_expands_to_cells(root):
 
 def test_the_scale_on_paper_numbers_of_docs_sweeps_md():
     """5 models x all layers x seed: 84 cells, 1.86 M problem-steps each, 82.77 M at full-depth cost."""
-    from softreach.sweep import plan
-
     n = {"smollm2-135m": 30, "EleutherAI/pythia-70m": 6, "EleutherAI/pythia-160m": 12,
          "EleutherAI/pythia-410m": 24, "openai-community/gpt2": 12}
     sweep = parse_grid({"models": list(n), "layers": "all", "preset": "seed"}, n_layers_of=n.get)
@@ -132,11 +123,15 @@ def test_the_scale_on_paper_numbers_of_docs_sweeps_md():
     ({"preset": "slow"}, "unknown preset 'slow'"),
     ({"overrides": {"runs": {}}}, "unknown group 'runs'"),
     ({"overrides": {"run": {"layer": 2}}}, "overrides.run.layer: set it with the grid's top-level 'layers' key"),
-    ({"overrides": {"optim": {"lr_decay": 2}}}, "unknown optimiser setting 'lr_decay'"),
-    ({"overrides": {"run": {"target": 2}}}, "unknown run setting 'target'"),
-    ({"grid": {"run.optim": [{}]}}, "unknown run setting 'optim'"),
-    ({"overrides": {"suite": {"stepz": {}}}}, "unknown suite setting 'stepz'"),
-    ({"grid": {"lr": [0.1]}}, "axis 'lr' must be GROUP.FIELD"),
+    ({"overrides": {"suite": {"experiments": ["exp1"]}}}, "overrides.suite.experiments: set it with the grid's"),
+    ({"overrides": {"optim": {"lr_decay": 2}}}, "overrides: unknown setting 'optim.lr_decay'"),
+    ({"overrides": {"run": {"target": 2}}}, "overrides: unknown setting 'run.target' (did you mean run.targets?)"),
+    ({"overrides": {"run": {"targets": "many"}}}, "run.targets must be an integer, got 'many'"),
+    ({"grid": {"run.optim": [{}]}}, "grid: unknown setting 'run.optim'"),
+    ({"overrides": {"suite": {"stepz": {}}}}, "overrides: unknown setting 'stepz'"),
+    ({"grid": {"optim.lrr": [0.1]}}, "grid: unknown setting 'optim.lrr'"),
+    ({"grid": {"lr": [0.1], "optim.lr": [0.2]}}, "grid: axes 'lr' and 'optim.lr' set the same setting"),
+    ({"grid": {"run.layer": [1]}}, "grid: axis 'run.layer' is set by the grid's top-level keys"),
     ({"grid": {"optim.lr": []}}, "needs a non-empty list"),
     ({"models": []}, "models: expected a non-empty list"),
     ({"models": ["/nonexistent/model"]}, "model path not found"),
@@ -144,10 +139,36 @@ def test_the_scale_on_paper_numbers_of_docs_sweeps_md():
 def test_bad_grids_are_one_line_errors(root, tmp_path, change, message):
     path = write_grid(tmp_path / "bad.yaml", grid(root, **change))
     with pytest.raises(UserError) as e:
-        cli(["sweep", str(path), "--out", str(tmp_path / "o"), "--no-progress"])
+        load_sweep(path)
     assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
     assert str(e.value).startswith(str(path))
+
+
+def test_a_bad_grid_is_exit_code_2_before_any_folder_is_made(root, tmp_path, capsys):
+    path = write_grid(tmp_path / "bad.yaml", grid(root, layers=[1, 3]))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "layer 3 is out of range for" in err and err.strip().count("\n") == 0, err
     assert not (tmp_path / "o").exists()
+
+
+def test_command_line_settings_go_over_the_grid_and_never_over_an_axis(root, tmp_path):
+    path = write_grid(tmp_path / "g.yaml", grid(root, grid={"optim.lr": [0.01, 0.1]}))
+    sweep = load_sweep(path, {"optim.steps": 7, "steps.exp1": 3, "run.targets": 4})
+    cfg = sweep.cells[0].config
+    assert (cfg.run.optim.steps, cfg.steps_for("exp1"), cfg.steps_for("exp2b"), cfg.run.targets) == (7, 3, 7, 4)
+    assert cfg.run.seq_len == 8 and cfg.restarts_for("exp1") == 2  # the grid's overrides and the preset underneath
+    assert sweep.grid["overrides"]["optim"] == {"steps": 7} and sweep.grid["overrides"]["suite"]["steps"] == {"exp1": 3}
+    assert [c.config.run.optim.lr for c in sweep.cells[:2]] == [0.01, 0.1]
+    for key in ("lr", "optim.lr", "run.optim.lr"):
+        with pytest.raises(UserError, match=r"g.yaml: --set .*the grid sweeps it as the axis 'optim.lr'"):
+            load_sweep(path, {key: 0.5})
+    with pytest.raises(UserError, match="--set layer: set it with the grid's top-level 'layers' key"):
+        load_sweep(path, {"layer": 2})
+    same = load_sweep(write_grid(tmp_path / "h.yaml", grid(root, overrides={"lr": 0.05, "steps.exp1": 3})))
+    nested = load_sweep(write_grid(tmp_path / "i.yaml", grid(root, overrides={"optim": {"lr": 0.05},
+                                                                                  "suite": {"steps": {"exp1": 3}}})))
+    assert same.record() == nested.record()  # dotted keys and groups are one syntax
 
 
 def test_bad_yaml_and_missing_sweep_folder(tmp_path):
@@ -221,23 +242,35 @@ def test_a_folder_made_by_another_grid_is_refused(root, local_out):
     before = mtimes(local_out)
     other = grid(root)
     other["overrides"]["run"]["targets"] = 3
-    with pytest.raises(UserError, match=r"made by another grid \(differs in overrides.run.targets\)"):
+    with pytest.raises(UserError, match=r"made by another grid \(differs in grid.overrides.run.targets\)"):
         run_sweep(parse_grid(other), local_out, show_progress=False)
     assert mtimes(local_out) == before
 
 
+def test_plan_and_the_local_backend_options(root, local_out):
+    sweep = load_sweep(root / "grid.yaml")
+    rows = plan(sweep, rate=10)
+    assert sum(r["problem_steps"] for r in rows) == 300
+    assert {r["cell"]: r["problem_steps"] for r in rows}["tiny3__L03"] == 60
+    assert {r["cell"]: r["seconds"] for r in rows}["tiny3__L02"] == pytest.approx(60 * 2 / 3 / 10)
+    with pytest.raises(UserError, match="apply to --backend ray only"):
+        run_sweep(sweep, local_out, workers=2)
+
+
 def test_cli_collect_and_dry_run(root, local_out, capsys):
-    assert cli(["collect", str(local_out)]) == 0
+    assert main(["collect", str(local_out)]) == 0
     assert "cells.parquet (20 rows)" in capsys.readouterr().out  # 5 cells x 2 experiments x budgets 1 and inf
-    assert cli(["sweep", str(root / "grid.yaml"), "--dry-run", "--rate", "10"]) == 0
+    assert main(["sweep", str(root / "grid.yaml"), "--dry-run", "--rate", "10"]) == 0
     out = capsys.readouterr().out
     assert "5 cells, 300 problem-steps" in out and "tiny3__L03  60 problem-steps" in out
-    with pytest.raises(UserError, match="apply to --backend ray only"):
-        cli(["sweep", str(root / "grid.yaml"), "--out", str(local_out), "--workers", "2"])
+    assert main(["sweep", str(root / "grid.yaml"), "--dry-run", "--set", "optim.steps=20"]) == 0
+    assert "5 cells, 600 problem-steps" in capsys.readouterr().out
+    assert main(["sweep", str(root / "grid.yaml"), "--out", str(local_out), "--workers", "2"]) == 2
+    assert "apply to --backend ray only" in capsys.readouterr().err
 
 
 def test_the_local_path_never_imports_ray():
-    code = "import sys, softreach.sweep, softreach.ray_backend; assert 'ray' not in sys.modules"
+    code = "import sys, softreach.sweep, softreach.sweep.ray_backend; assert 'ray' not in sys.modules"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -275,8 +308,6 @@ def test_a_killed_ray_worker_is_retried_and_the_sweep_completes(root, local_out,
 
 
 def test_the_cli_wires_sweep_and_collect(tmp_path, capsys):
-    from softreach.cli import main
-
     grid = tmp_path / "grid.yaml"
     grid.write_text("models: [smollm2-135m]\nlayers: all\npreset: quick\nbogus: 1\n")
     assert main(["sweep", str(grid), "--out", str(tmp_path / "out")]) == 2

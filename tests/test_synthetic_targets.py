@@ -5,9 +5,8 @@ import torch
 from scipy import stats
 
 from softreach.errors import UserError
+from softreach.experiments.registry import EXP3_ALPHAS, EXP5_FRACTIONS
 from softreach.synthetic_targets import (
-    EXP3_ALPHAS,
-    EXP5_FRACTIONS,
     corrupt_raw_dimensions,
     corrupt_top_pca,
     distribution_matched_targets,

@@ -3,7 +3,7 @@ import torch
 
 from softreach.corpus import load_corpus_text
 from softreach.errors import UserError
-from softreach.exp1 import real_targets
+from softreach.targets import real_targets
 from softreach.targets import sample_windows, tokenize_windows
 
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40

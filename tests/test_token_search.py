@@ -2,13 +2,14 @@
 import pytest
 import torch
 
-from softreach.constraints import token_table
 from softreach.errors import UserError
+from softreach.manifold import token_table
+from softreach.memory import batch_for_budget
 from softreach.metrics import reachability_loss
 from softreach.optimize import OptimConfig
 from softreach.residual import decoder_blocks
 from softreach.targets import residuals_of_tokens
-from softreach.token_search import GCGConfig, candidate_batch_size, gcg_search
+from softreach.token_search import GCGConfig, gcg_search
 
 LAYER = 2
 LOSS = OptimConfig(mse_weight=0.01, skip_pos0=False)  # the log's loss: every position, cos and MSE
@@ -75,7 +76,7 @@ def test_a_tiny_memory_budget_only_shrinks_the_candidate_batches(tiny_lm):
                        token_table(tiny_lm), seed=2)
     assert small.candidate_batch == 1 and big.candidate_batch == 9
     assert torch.equal(big.ids, small.ids) and big.forward_passes == small.forward_passes
-    assert candidate_batch_size(tiny_lm, LAYER, 5, 1000, 1e6) == 1000
+    assert batch_for_budget(tiny_lm, LAYER, 5, 1000, int(1e6 * 2**20)) == 1000
 
 
 def test_bad_starts_are_refused(tiny_lm):

@@ -9,19 +9,35 @@ Quick use from Python::
     res = sr.solve_condition(lm, 15, target, restarts=1, optim=sr.OptimConfig(), seed=0,
                              cap=sr.absolute_cap(lm, 1.0))  # inputs within 1 x the mean token norm
     print(res.summary["cos_no_pos0"]["median"], res.summary["copy_cos_no_pos0"]["median"])
+
+Names are imported on first use, so `import softreach` (and the command line's help) stays fast.
 """
 __version__ = "0.1.0"
 
-from .budget import absolute_cap, mean_token_norm  # noqa: E402
-from .condition import ConditionResult, achieved_residuals, solve_condition  # noqa: E402
-from .config import RunConfig  # noqa: E402
-from .copy_baseline import copy_baseline  # noqa: E402
-from .corpus import load_corpus_text  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .exp1 import real_targets, run_exp1  # noqa: E402
-from .floor import random_token_floor  # noqa: E402
-from .metrics import problem_metrics, reachability_loss  # noqa: E402
-from .models import LoadedModel, load_model, wrap_model  # noqa: E402
-from .optimize import OptimConfig, initial_prompts, optimise  # noqa: E402
-from .residual import all_layer_residuals, residual_at  # noqa: E402
-from .targets import residuals_of_tokens, tokenize_windows  # noqa: E402
+_API = {  # name -> module that defines it
+    "absolute_cap": "budget", "mean_token_norm": "budget",
+    "ConditionResult": "condition", "achieved_residuals": "condition", "solve_condition": "condition",
+    "OptimConfig": "config", "RunConfig": "config", "SuiteConfig": "config", "LadderSettings": "config",
+    "copy_baseline": "copy_route", "load_corpus_text": "corpus", "UserError": "errors",
+    "real_targets": "targets", "run_exp1": "experiments.suite", "run_suite": "experiments.suite",
+    "random_token_floor": "floor", "problem_metrics": "metrics", "reachability_loss": "metrics",
+    "LoadedModel": "models", "load_model": "models", "wrap_model": "models",
+    "initial_prompts": "optimize", "optimise": "optimize",
+    "all_layer_residuals": "residual", "residual_at": "residual",
+    "residuals_of_tokens": "targets", "tokenize_windows": "targets",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name not in _API:
+        raise AttributeError(f"module 'softreach' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

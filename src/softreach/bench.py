@@ -157,13 +157,10 @@ def solver_comparison(lm: LoadedModel, layer: int, targets: int, steps: int, see
 
     from .budget import absolute_cap
     from .condition import solve_condition
-    from .corpus import load_corpus_text
-    from .exp1 import real_targets
     from .synthetic_targets import raw_random_targets, typical_norms
-    from .targets import residuals_of_tokens, sample_windows, tokenize_windows
+    from .targets import corpus_targets, residuals_of_tokens, sample_windows
 
-    windows = tokenize_windows(lm, load_corpus_text(), 20)
-    _, real, idx = real_targets(lm, windows, layer, targets, seed)
+    windows, _, real, idx = corpus_targets(lm, "default", 20, layer, targets, seed)
     ref = residuals_of_tokens(lm, windows.tokens[sample_windows(windows, 200, seed + 11, exclude=idx)], layer)
     conditions = {"Exp 1 real": (real, "none"), "Exp 2b raw random": (raw_random_targets(
         typical_norms(ref), targets, lm.d_model, seed + 23), "none"), "Exp 4 no MLP": (real, "no_mlp")}
@@ -275,45 +272,7 @@ def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, s
             result["solvers"] = solver_comparison(lm, layer, convergence_targets, convergence_steps, log=log)
         del lm
     if json_out:
-        from .store import atomic_write_text
+        from .results.folder import atomic_write_text
 
         atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
     return result
-
-
-def cmd_bench(a) -> int:
-    """CLI entry: `softreach bench`."""
-    import sys
-
-    from .errors import UserError
-
-    workloads = [w.strip() for w in a.workloads.split(",") if w.strip()]
-    for w in workloads:
-        if w not in ("pythia", "smollm2"):
-            raise UserError(f"unknown workload {w!r}: choose from pythia, smollm2")
-    if a.convergence_targets < 0 or a.convergence_steps < 1:
-        raise UserError("--convergence-targets must be >= 0 and --convergence-steps >= 1")
-    result = run_bench(workloads, a.device, a.problems, a.steps, a.baseline_steps, a.batch_size, a.json,
-                       log=lambda m: print(m, file=sys.stderr, flush=True), convergence_targets=a.convergence_targets,
-                       convergence_steps=a.convergence_steps)
-    print(format_table(result))
-    if a.json:
-        print(f"written {a.json}")
-    return 0
-
-
-def add_bench_parser(sub) -> None:
-    p = sub.add_parser("bench", help="measure the engine against the log's method on this machine")
-    p.add_argument("--workloads", default="pythia,smollm2", help="comma-separated: pythia (Pythia-160M shape, "
-                   "random weights, L=6), smollm2 (embedded model, middle layer)")
-    p.add_argument("--problems", type=int, default=150, help="problems per workload (default %(default)s)")
-    p.add_argument("--steps", type=int, default=10, help="engine steps timed (default %(default)s)")
-    p.add_argument("--baseline-steps", type=int, default=5, help="baseline steps timed per problem (default %(default)s)")
-    p.add_argument("--batch-size", type=int, default=64, help="engine batch (default %(default)s)")
-    p.add_argument("--convergence-targets", type=int, default=0,
-                   help="also compare the solvers on this many SmolLM2 targets per condition (Exp 1, Exp 2b, "
-                        "Exp 4 no MLP) at budgets 1 and inf: steps to the best fidelity found (0: skip; slow)")
-    p.add_argument("--convergence-steps", type=int, default=600, help="most steps per solver in that comparison")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", default=None, help="also write the figures as JSON here")
-    p.set_defaults(func=cmd_bench)

@@ -7,12 +7,14 @@ Result folders store the absolute cap as `norm_budget` (null when free) and the 
 from __future__ import annotations
 
 import math
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import UserError
-from .floor import ordinary_token_ids
-from .models import LoadedModel
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled, so parsing budgets stays light
+    import torch
+
+    from .models import LoadedModel
 
 FREE = math.inf
 
@@ -53,7 +55,7 @@ def mean_token_norm(lm: LoadedModel) -> float:
     """Mean L2 norm of the ordinary tokens' embedding rows (the budget unit)."""
     cache = lm.__dict__.setdefault("_mean_token_norm", {})
     if "v" not in cache:
-        ids = ordinary_token_ids(lm).to(lm.embedding_matrix.device)
+        ids = lm.ordinary_token_ids().to(lm.embedding_matrix.device)
         cache["v"] = float(lm.embedding_matrix.detach().float()[ids].norm(dim=1).mean())
     return cache["v"]
 
@@ -65,6 +67,8 @@ def absolute_cap(lm: LoadedModel, budget: float) -> float | None:
 
 def clip_norms(x: torch.Tensor, cap: torch.Tensor | float | None) -> torch.Tensor:
     """Scale each vector of x [B, T, d] down to norm <= cap; cap: None, a float, or [B] (inf = free)."""
+    import torch
+
     if cap is None:
         return x
     if not torch.is_tensor(cap):

@@ -8,16 +8,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .budget import clip_norms
-from .copy_baseline import copy_baseline
+from .copy_route import copy_baseline
 from .floor import random_token_floor
 from .metrics import problem_metrics, reachability_loss
 from .models import LoadedModel
 from .optimize import ChunkCheckpoint, OptimConfig, OptimResult, initial_prompts, optimise
 from .residual import residual_at
+from .stats import describe
 
 
 @dataclass
@@ -183,19 +183,13 @@ def evaluate_inputs(lm: LoadedModel, layer: int, inputs: torch.Tensor, target: t
                            summary=summarise(problems, 0, seconds), seconds=seconds)
 
 
-def _stats(values: list[float]) -> dict:
-    v = np.asarray(values, dtype=np.float64)
-    return {"median": float(np.median(v)), "mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
-            "min": float(v.min()), "max": float(v.max())}
-
-
 def summarise(problems: list[dict], problem_steps: int, seconds: float) -> dict:
     """Statistics over targets of every numeric per-problem field."""
     keys = [k for k, v in problems[0].items() if isinstance(v, float) and k != "index"]
-    out = {k: _stats([p[k] for p in problems]) for k in keys if all(math.isfinite(p[k]) for p in problems)}
+    out = {k: describe([p[k] for p in problems]) for k in keys if all(math.isfinite(p[k]) for p in problems)}
     out["n_targets"] = len(problems)
     if "verdict" in problems[0]:
-        out["steps_run"] = _stats([float(p["steps_run"]) for p in problems])
+        out["steps_run"] = describe([float(p["steps_run"]) for p in problems])
         out["share_converged"] = sum(p["converged"] for p in problems) / len(problems)
         out["verdicts"] = {v: sum(p["verdict"] == v for p in problems) for v in ("converged", "norm_limited", "improving")}
     if "beats_copy" in problems[0]:

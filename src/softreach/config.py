@@ -1,15 +1,133 @@
-"""The settings of one experiment run, validated on creation."""
+"""Every setting of softreach, in one place: dataclasses with a docstring per field, validated on creation.
+
+The command line is derived from these classes (cli/args.py): one flag per field, its help the field's
+docstring, choices from its `Literal`. This module imports no torch, so `softreach --help` stays fast.
+"""
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass, field, fields
+from typing import Literal, Optional
 
 from .budget import budget_label, parse_budgets
-from .corpus import DEFAULT_CORPUS
 from .errors import UserError
-from .models import DEFAULT_MODEL
-from .optimize import OptimConfig
-from .residual import ABLATIONS
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_CORPUS = "default"
+Ablation = Literal["none", "no_attn", "no_mlp"]
+CONTINUOUS_RUNGS = ("free", "norm_bound", "nearest_penalty", "mixture")
+DISCRETE_RUNGS = ("projected", "gcg")
+BASELINE_RUNGS = ("projection", "random_tokens", "own_tokens")
+RUNGS = CONTINUOUS_RUNGS + DISCRETE_RUNGS + BASELINE_RUNGS
+
+
+def check_choices(obj) -> None:
+    """Refuse a value outside its field's Literal choices, naming the flag."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is Literal and getattr(obj, f.name) not in typing.get_args(hint):
+            choices = ", ".join(map(str, typing.get_args(hint)))
+            raise UserError(f"--{f.name.replace('_', '-')} must be one of {choices}, got {getattr(obj, f.name)!r}")
+
+
+def as_dict(obj) -> dict:
+    """A config as JSON-ready nested dicts (tuples become lists)."""
+    out = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        out[f.name] = as_dict(v) if hasattr(v, "__dataclass_fields__") else list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def _positive(name: str, value: float, zero_ok: bool = False) -> None:
+    if not (math.isfinite(value) and (value >= 0 if zero_ok else value > 0)):
+        raise UserError(f"--{name} must be a {'' if zero_ok else 'positive '}finite number"
+                        f"{' >= 0' if zero_ok else ''}, got {value}")
+
+
+# The research log's optimiser, kept for replication (`--preset seed`): N(0,1) starts, no early stop.
+LOG_OPTIM = dict(steps=1000, lr=0.01, init_scale=1.0, mse_weight=0.01, skip_pos0=False, mse_norm="none",
+                 schedule="constant", prune_after=0, start="random", early_stop=False)
+
+
+@dataclass
+class OptimConfig:
+    """How each soft prompt is optimised. The defaults are the fastest settings measured on SmolLM2
+    (README, "Design and speed"); LOG_OPTIM holds the research log's settings."""
+
+    steps: int = 600
+    """Maximum Adam steps per problem (problems that converge stop earlier)."""
+    lr: float = 0.2
+    """Adam learning rate (the peak, or the start of the plateau schedule)."""
+    init_scale: float = 1.0
+    """Random starts are init_scale * N(0, 1)."""
+    start: Literal["copy", "random"] = "copy"
+    """copy: restart 0 starts from the better of the best scaled copy of the target and the smaller norm
+    budget's solution; other restarts from random. random: every restart random, as the log."""
+    mse_weight: float = 0.0
+    """Weight of the MSE term beside the mean (1 - cos); the log used 0.01."""
+    skip_pos0: bool = True
+    """Leave position 0 out of the loss (metrics still report it both ways); the seed preset: off."""
+    mse_norm: Literal["none", "target"] = "none"
+    """none: raw MSE; target: squared error divided by the target's mean square per position."""
+    batch_size: int = 64
+    """Problems per batched step; larger batches use the hardware better but need more memory."""
+    prune_after: int = 40
+    """After this many steps only the best restart of each target goes on (0: all restarts run to the end)."""
+    memory_budget_mb: Optional[float] = None
+    """Memory a batched step may use, in MiB; the batch is split to fit. None: half of what is free."""
+    schedule: Literal["plateau", "constant", "cosine"] = "plateau"
+    """Learning-rate schedule: plateau (halved per problem when its loss stalls), constant, or cosine (from
+    lr down to lr * final_lr_frac over the steps)."""
+    final_lr_frac: float = 0.0
+    """End of the cosine schedule, as a fraction of lr."""
+    tol: float = 1e-3
+    """Convergence tolerance in loss units (1 - cos for the default loss): converged once the best loss is
+    below tol or the second half of the run gained less."""
+    window: int = 20
+    """Steps between convergence checks (and the plateau schedule's look-back)."""
+    plateau_decays: int = 6
+    """With the plateau schedule: at most this many learning-rate halvings, each when a window gains less
+    than tol / 100."""
+    early_stop: bool = True
+    """Converged problems leave the batch (their results are identical to running on); the seed preset: off."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype of the forward and backward (soft prompts, Adam and every metric stay float32)."""
+
+    def __post_init__(self):
+        check_choices(self)
+        if self.steps < 1:
+            raise UserError(f"--steps must be at least 1, got {self.steps}")
+        _positive("init-scale", self.init_scale)
+        _positive("mse-weight", self.mse_weight, zero_ok=True)
+        _positive("lr", self.lr)
+        _positive("tol", self.tol, zero_ok=True)
+        if self.prune_after < 0:
+            raise UserError(f"--prune-after must be >= 0, got {self.prune_after}")
+        if self.memory_budget_mb is not None and not self.memory_budget_mb > 0:
+            raise UserError(f"--memory-budget-mb must be positive, got {self.memory_budget_mb}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.window < 1 or self.plateau_decays < 0:
+            raise UserError("--window must be >= 1 and --plateau-decays >= 0")
+
+    def to_dict(self) -> dict:
+        return as_dict(self)
+
+    def problem_steps(self, targets: int, restarts: int) -> int:
+        """Most problem-steps `targets` x `restarts` problems can take, restart pruning included."""
+        if restarts > 1 and 0 < self.prune_after < self.steps:
+            return targets * (restarts * self.prune_after + self.steps - self.prune_after)
+        return targets * restarts * self.steps
+
+    def lr_at(self, step: int) -> float:
+        """Base learning rate for step `step` (0-based); a pure function of the step, so resume is exact."""
+        if self.schedule != "cosine" or self.steps == 1:
+            return self.lr
+        frac = step / (self.steps - 1)
+        return self.lr * (self.final_lr_frac + (1 - self.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 @dataclass
@@ -17,9 +135,9 @@ class RunConfig:
     """One experiment condition: which model, layer and targets, and how to optimise."""
 
     model: str = DEFAULT_MODEL
-    """Hub id, local model folder, .gguf file, or "smollm2-135m" (the embedded default)."""
-    layer: int | None = None
-    """Layer L (hidden_states[L], output of block L-1); None means n_layers // 2."""
+    """Hub id, local model folder, .gguf file, or smollm2-135m (the embedded default)."""
+    layer: Optional[int] = None
+    """Layer L = hidden_states[L], the output of block L-1; default n_layers // 2."""
     targets: int = 50
     """Number of targets."""
     restarts: int = 3
@@ -28,38 +146,263 @@ class RunConfig:
     """Positions T per soft prompt."""
     seed: int = 0
     """Seed for target windows, initial prompts and random-token draws."""
-    device: str = "auto"
-    """auto, cpu or cuda."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to compute."""
     corpus: str = DEFAULT_CORPUS
-    """"default" (CPython's pydoc topics), "wikitext2", or a path to a text file."""
-    ablation: str = "none"
+    """default (CPython's pydoc topics), wikitext2, or a path to a UTF-8 text file."""
+    ablation: Ablation = "none"
     """none, no_attn (every attention output zeroed) or no_mlp (every MLP output zeroed)."""
     floor_draws: int = 4
     """Random-token draws per target for the floor."""
     mean_windows: int = 256
     """Corpus windows averaged for the per-position mean residual (centred cosine, FVU)."""
-    norm_budgets: tuple = (math.inf,)
-    """Input-norm budgets, in units of the mean token-embedding norm (inf = free); each condition runs
-    at every budget, smallest first, each warm-started from the one before."""
+    norm_budgets: tuple = field(default=(math.inf,), metadata={"flag": "--norm-budget"})
+    """Input-norm budgets in units of the mean token-embedding norm, e.g. 1 inf (inf = free); each condition
+    runs at every budget, smallest first, each warm-started from the one before."""
     optim: OptimConfig = field(default_factory=OptimConfig)
 
     def __post_init__(self):
         if isinstance(self.optim, dict):
             self.optim = OptimConfig(**self.optim)
         self.norm_budgets = parse_budgets(self.norm_budgets)
+        check_choices(self)
         if self.targets < 1:
             raise UserError(f"--targets must be at least 1, got {self.targets}")
         if self.restarts < 1:
             raise UserError(f"--restarts must be at least 1, got {self.restarts}")
         if self.seq_len < 1:
             raise UserError(f"--seq-len must be at least 1, got {self.seq_len}")
-        if self.ablation not in ABLATIONS:
-            raise UserError(f"unknown ablation {self.ablation!r}: choose from {', '.join(ABLATIONS)}")
         if self.floor_draws < 0 or self.mean_windows < 1:
             raise UserError("--floor-draws must be >= 0 and --mean-windows >= 1")
 
     def to_dict(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["optim"] = self.optim.to_dict()
+        out = as_dict(self)
         out["norm_budgets"] = [budget_label(b) for b in self.norm_budgets]
         return out
+
+
+@dataclass
+class SuiteConfig:
+    """Every experiment of the log on one model and layer."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    """Model, layer, targets, seed and optimiser shared by all experiments."""
+    experiments: tuple = ()
+    """Which experiments to run, comma-separated (always in the log's order; default: all)."""
+    steps: dict = field(default_factory=dict)
+    """Adam steps per experiment, e.g. steps.exp2b=3000 (missing ones use optim.steps)."""
+    restarts: dict = field(default_factory=dict)
+    """Restarts per experiment, e.g. restarts.exp4=1 (missing ones use run.restarts)."""
+    exp3_pairs: int = 10
+    """Pairs of real targets interpolated in Exp 3."""
+    exp5_targets: int = 10
+    """Real targets corrupted at each fraction in Exp 5."""
+    moment_windows: int = 1000
+    """Real windows used for Exp 2a's mean and covariance (and 2b's norms, 5's statistics)."""
+    checkpoint_every: int = 50
+    """Steps between checkpoints inside an experiment."""
+    trajectory_problems: int = 4
+    """Exp 1 problems whose all-layer residual trajectories are saved."""
+
+    def __post_init__(self):
+        from .experiments.registry import OPTIMISED, ORDER, experiment
+
+        if isinstance(self.run, dict):
+            self.run = RunConfig(**self.run)
+        if isinstance(self.experiments, str):
+            self.experiments = [e.strip() for e in self.experiments.split(",") if e.strip()]
+        names = tuple(self.experiments) or ORDER
+        for name in names:
+            experiment(name)  # refuses unknown names
+        self.experiments = tuple(e for e in ORDER if e in names)
+        for name in list(self.steps) + list(self.restarts):
+            if name not in OPTIMISED:
+                raise UserError(f"per-experiment override for {name!r}: only {', '.join(OPTIMISED)} optimise")
+        self.steps = {k: int(v) for k, v in self.steps.items()}
+        self.restarts = {k: int(v) for k, v in self.restarts.items()}
+        if self.moment_windows < 2 or self.exp3_pairs < 1 or self.exp5_targets < 1 or self.checkpoint_every < 1:
+            raise UserError("--moment-windows must be >= 2; --exp3-pairs, --exp5-targets, --checkpoint-every >= 1")
+
+    def steps_for(self, experiment: str) -> int:
+        return int(self.steps.get(experiment, self.run.optim.steps))
+
+    def restarts_for(self, experiment: str) -> int:
+        return int(self.restarts.get(experiment, self.run.restarts))
+
+    def to_dict(self) -> dict:
+        out = as_dict(self)
+        out["run"] = self.run.to_dict()
+        return out
+
+
+_ENGINE = OptimConfig()  # the ladder's loss follows the engine's defaults
+
+
+@dataclass
+class LadderSettings:
+    """How each rung of the constraint ladder is run (defaults: a few minutes on SmolLM2, 4 targets, CPU)."""
+
+    steps: int = 150
+    """Adam steps of every optimised rung (free, norm_bound, nearest_penalty, mixture, projected)."""
+    lr: float = 0.03
+    """Peak lr of the free, norm_bound and nearest_penalty rungs (best of 0.01/0.03/0.1 on SmolLM2 L15)."""
+    mixture_lr: float = 1.0
+    """Peak lr of the mixture logits (best of 0.3/1/3 on SmolLM2 L15)."""
+    projected_lr: float = 0.1
+    """Peak lr of the projected (PEZ) rung's continuous vectors (best of 0.01/0.1/0.3)."""
+    init: Literal["tokens", "normal"] = "tokens"
+    """Start of the vector rungs: tokens (one random ordinary-token sequence per target, shared by every
+    rung: the random_tokens baseline and GCG's random start) or normal (init_scale * N(0, 1), the log's)."""
+    init_scale: float = 1.0
+    """Scale of the normal start, and of the mixture logits' start init_scale * N(0, 1)."""
+    schedule: Literal["cosine", "constant"] = "cosine"
+    """Learning-rate schedule of the optimised rungs (every rung runs all its steps: equal cost, no early stop)."""
+    mse_weight: float = _ENGINE.mse_weight
+    """Weight of the MSE term of the loss (every rung, GCG included); the engine's default."""
+    skip_pos0: bool = _ENGINE.skip_pos0
+    """Leave position 0 out of every rung's loss (metrics report it both ways); the engine's default."""
+    mse_norm: Literal["none", "target"] = _ENGINE.mse_norm
+    """none, or target (squared error over the target's mean square per position)."""
+    norm_bounds: tuple = (1.0, 2.0)
+    """norm_bound: maximum norm per position, in multiples of the mean ordinary-token embedding norm."""
+    penalty_weights: tuple = (0.01, 1.0)
+    """nearest_penalty: weights w of the distance-to-nearest-token term."""
+    penalty_kind: Literal["l2", "cos"] = "l2"
+    """nearest_penalty distance: l2 (squared distance / mean squared token norm) or cos (1 - cosine)."""
+    mixture_taus: tuple = (1.0,)
+    """mixture: softmax temperatures."""
+    gcg_budget: int = 256
+    """gcg: forward passes per target (every candidate and every gradient pass counts one)."""
+    gcg_top_k: int = 64
+    """gcg: candidate tokens per position, the most promising by the one-hot gradient."""
+    gcg_candidates: int = 64
+    """gcg: single-swap candidates evaluated per iteration."""
+    gcg_init: Literal["random", "projected"] = "random"
+    """gcg start: random tokens (the shared start) or the projected rung's tokens."""
+    batch_size: int = 64
+    """Problems per batched optimisation step."""
+    memory_budget_mb: Optional[float] = None
+    """Memory a batched step (or a GCG candidate batch) may use, in MiB; None: half of what is free."""
+    floor_draws: int = 4
+    """Random-token draws per target for the floor."""
+
+    def __post_init__(self):
+        self.norm_bounds = _floats(self.norm_bounds, "norm-bounds")
+        self.penalty_weights = _floats(self.penalty_weights, "penalty-weights")
+        self.mixture_taus = _floats(self.mixture_taus, "mixture-taus")
+        check_choices(self)
+        for name in ("lr", "mixture_lr", "projected_lr", "init_scale"):
+            _positive(name.replace("_", "-"), getattr(self, name))
+        if any(not (math.isfinite(c) and c > 0) for c in self.norm_bounds):
+            raise UserError(f"norm bounds must be positive, got {list(self.norm_bounds)}")
+        if any(not (math.isfinite(w) and w >= 0) for w in self.penalty_weights):
+            raise UserError(f"penalty weights must be >= 0, got {list(self.penalty_weights)}")
+        if any(not (math.isfinite(t) and t > 0) for t in self.mixture_taus):
+            raise UserError(f"mixture temperatures must be positive, got {list(self.mixture_taus)}")
+        if self.gcg_budget < 2:
+            raise UserError(f"--gcg-budget must be at least 2 forward passes, got {self.gcg_budget}")
+        if self.gcg_top_k < 1 or self.gcg_candidates < 1:
+            raise UserError("--gcg-top-k and --gcg-candidates must be at least 1")
+        if self.floor_draws < 0:
+            raise UserError(f"--floor-draws must be >= 0, got {self.floor_draws}")
+        self.optim(self.lr)  # validates steps, mse settings, batch size and memory budget
+
+    def optim(self, lr: float) -> OptimConfig:
+        """The engine's config for an optimised rung with learning rate `lr`."""
+        return OptimConfig(steps=self.steps, lr=lr, init_scale=self.init_scale, mse_weight=self.mse_weight,
+                           skip_pos0=self.skip_pos0, mse_norm=self.mse_norm, batch_size=self.batch_size,
+                           memory_budget_mb=self.memory_budget_mb, schedule=self.schedule, prune_after=0,
+                           early_stop=False)
+
+    def to_dict(self) -> dict:
+        return as_dict(self)
+
+
+def _floats(values, flag: str) -> tuple[float, ...]:
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v.strip()]
+    if isinstance(values, (int, float)):
+        values = [values]
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise UserError(f"--{flag} needs numbers, got {values!r}") from None
+    if not out:
+        raise UserError(f"--{flag} needs at least one number")
+    return out
+
+
+@dataclass
+class LadderConfig:
+    """A constraint ladder: real-text targets from the corpus under every rung."""
+
+    model: str = DEFAULT_MODEL
+    """Hub id, local model folder, .gguf file, or smollm2-135m (the embedded default)."""
+    layer: Optional[int] = None
+    """Layer L = hidden_states[L]; default n_layers // 2."""
+    targets: int = 4
+    """Number of real-text targets."""
+    seq_len: int = 20
+    """Positions T."""
+    seed: int = 0
+    """Seed for the target windows, starts and random-token draws."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to compute."""
+    corpus: str = DEFAULT_CORPUS
+    """default (CPython's pydoc topics), wikitext2, or a path to a UTF-8 text file."""
+    rungs: tuple = RUNGS
+    """Rungs to run, comma-separated (default: all, in the ladder's order)."""
+    settings: LadderSettings = field(default_factory=LadderSettings)
+
+    def __post_init__(self):
+        if isinstance(self.settings, dict):
+            self.settings = LadderSettings(**self.settings)
+        if isinstance(self.rungs, str):
+            self.rungs = [r.strip() for r in self.rungs.split(",") if r.strip()]
+        unknown = [r for r in self.rungs if r not in RUNGS]
+        if unknown or not self.rungs:
+            raise UserError(f"unknown rung {(unknown or [''])[0]!r}: choose from {', '.join(RUNGS)}")
+        self.rungs = tuple(r for r in RUNGS if r in self.rungs)
+        check_choices(self)
+        if self.targets < 1:
+            raise UserError(f"--targets must be at least 1, got {self.targets}")
+        if self.seq_len < 1:
+            raise UserError(f"--seq-len must be at least 1, got {self.seq_len}")
+
+
+@dataclass
+class BenchConfig:
+    """The benchmark: the engine against the log's method, on this machine."""
+
+    workloads: tuple = ("pythia", "smollm2")
+    """Comma-separated: pythia (Pythia-160M shape, random weights, L=6), smollm2 (embedded model, middle layer)."""
+    problems: int = 150
+    """Problems per workload."""
+    steps: int = 10
+    """Engine steps timed."""
+    baseline_steps: int = 5
+    """Baseline steps timed per problem."""
+    batch_size: int = 64
+    """Engine batch."""
+    convergence_targets: int = 0
+    """Also compare the solvers on this many SmolLM2 targets per condition (Exp 1, Exp 2b, Exp 4 no MLP) at
+    budgets 1 and inf: steps to the best fidelity found (0: skip; slow)."""
+    convergence_steps: int = 600
+    """Most steps per solver in that comparison."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to compute."""
+    json: Optional[str] = None
+    """Also write the figures as JSON here."""
+
+    def __post_init__(self):
+        if isinstance(self.workloads, str):
+            self.workloads = [w.strip() for w in self.workloads.split(",") if w.strip()]
+        self.workloads = tuple(self.workloads)
+        for w in self.workloads:
+            if w not in ("pythia", "smollm2"):
+                raise UserError(f"unknown workload {w!r}: choose from pythia, smollm2")
+        check_choices(self)
+        if self.problems < 1 or self.steps < 1 or self.baseline_steps < 1 or self.batch_size < 1:
+            raise UserError("--problems, --steps, --baseline-steps and --batch-size must be at least 1")
+        if self.convergence_targets < 0 or self.convergence_steps < 1:
+            raise UserError("--convergence-targets must be >= 0 and --convergence-steps >= 1")

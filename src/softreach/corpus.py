@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .config import DEFAULT_CORPUS
 from .errors import UserError
 
-DEFAULT_CORPUS = "default"
 WIKITEXT = "wikitext2"
 
 
@@ -22,11 +22,28 @@ def load_corpus_text(spec: str = DEFAULT_CORPUS) -> str:
         if not path.is_file():
             raise UserError(f"corpus file not found: {spec} (use 'default', 'wikitext2' or a path to a text file)")
         try:
-            text = path.read_text(encoding="utf-8", errors="replace")
+            data = path.read_bytes()
         except OSError as e:
             raise UserError(f"cannot read corpus {spec}: {e.strerror}") from None
+        text = _decode_text(data, spec)
     if not text.strip():
         raise UserError(f"corpus {spec!r} is empty")
+    return text
+
+
+def _decode_text(data: bytes, spec: str) -> str:
+    """UTF-8 text, or a one-line refusal of binary or otherwise encoded files."""
+    if b"\x00" in data:
+        raise UserError(f"corpus {spec} is not a text file (it holds NUL bytes); give a UTF-8 text file")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"corpus {spec} is not UTF-8 text (invalid byte at offset {e.start}); "
+                        "convert it to UTF-8 or give another file") from None
+    control = sum(1 for ch in text if ord(ch) < 32 and ch not in "\n\r\t\f\v")
+    if control > 0.01 * max(1, len(text)):
+        raise UserError(f"corpus {spec} does not look like text ({control} control characters); "
+                        "give a UTF-8 text file")
     return text
 
 

@@ -1,20 +1,82 @@
-"""Experiment 1b: how far optimised soft prompts lie from the token embedding matrix.
+"""The token manifold: the ordinary tokens' embedding rows, nearest tokens, and Exp 1b's distances from them.
 
-Computations run in float32 (the PCA eigendecomposition in float64) on the device of `soft`
-for nearest tokens and of `embeddings` for PCA, in row chunks so that no [N*T, V] similarity matrix is ever held whole. Results come back
-on the CPU.
+`TokenTable` holds the ordinary tokens (no special tokens) and their embeddings; `nearest_rows` and
+`nearest_tokens` find the nearest token of each vector; `manifold_summary` is Exp 1b's summary of how far
+optimised soft prompts lie from the token embeddings. Computations run in float32 (the PCA
+eigendecomposition in float64), in row chunks so that no [N*T, V] similarity matrix is ever held whole.
+Results come back on the CPU unless said otherwise.
 """
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .errors import UserError
 
+if TYPE_CHECKING:
+    from .models import LoadedModel
+
 _CHUNK_BYTES = 64 * 2**20  # one [rows, V] float32 matrix per chunk; a few live at once (< 256 MB)
 DEFAULT_PCA_KS = (1, 10, 50, 100, 200, 300, 400, 500)
+
+
+def _by_row_chunks(x: torch.Tensor, width: int, chunk) -> list[torch.Tensor]:
+    """Run chunk(lo, hi) over consecutive row ranges of x [M, d] and concatenate its per-row results.
+
+    Each range is small enough that one [rows, width] float32 matrix stays within _CHUNK_BYTES;
+    `chunk` returns a tuple of [hi - lo] tensors; the result is one [M] tensor per element.
+    """
+    rows = max(1, _CHUNK_BYTES // (4 * width))
+    parts = [chunk(lo, lo + rows) for lo in range(0, x.shape[0], rows)]
+    return [torch.cat(p) for p in zip(*parts)]
+
+
+@dataclass
+class TokenTable:
+    """The ordinary tokens (no special tokens) and their embedding rows, on the model's device."""
+
+    ids: torch.Tensor  # [V'] long: ordinary token ids, ascending
+    emb: torch.Tensor  # [V', d] float32: their embedding rows
+    mean_norm: float  # mean row norm (budget.mean_token_norm: the unit of norm budgets and bounds)
+    unit: torch.Tensor = field(init=False)  # [V', d] rows scaled to norm 1
+    half_sq: torch.Tensor = field(init=False)  # [V'] half the squared norm of each row
+    mean_sq_norm: float = field(init=False)  # mean squared row norm
+
+    def __post_init__(self):
+        self.unit = F.normalize(self.emb, dim=1)
+        self.half_sq = 0.5 * (self.emb**2).sum(1)
+        self.mean_sq_norm = float(2 * self.half_sq.mean())
+
+
+def token_table(lm: LoadedModel) -> TokenTable:
+    """The model's ordinary tokens and their float32 embedding rows."""
+    from .budget import mean_token_norm
+
+    ids = lm.ordinary_token_ids().to(lm.device)
+    return TokenTable(ids=ids, emb=lm.embedding_matrix.detach().float()[ids], mean_norm=mean_token_norm(lm))
+
+
+@torch.no_grad()
+def nearest_rows(x: torch.Tensor, table: TokenTable, by: str = "cos") -> torch.Tensor:
+    """Row of the token table nearest to each vector of x [..., d]: [...] long, on x's device.
+
+    by="cos": highest cosine; by="l2": smallest Euclidean distance.
+    """
+    flat = x.detach().float().reshape(-1, x.shape[-1]).to(table.emb.device)  # [M, d]
+
+    def best(lo: int, hi: int):
+        xc = flat[lo:hi]  # [c, d]
+        if by == "cos":
+            return ((xc @ table.unit.T).argmax(1),)  # [c, V']: cosine times ||x||, same argmax
+        return ((xc @ table.emb.T - table.half_sq).argmax(1),)  # [c, V']: (||x||^2 - ||x - e||^2) / 2
+
+    (rows,) = _by_row_chunks(flat, table.emb.shape[0], best)
+    return rows.view(x.shape[:-1]).to(x.device)
 
 
 def _vocabulary(embeddings: torch.Tensor, allowed_ids: torch.Tensor | None,
@@ -55,22 +117,21 @@ def nearest_tokens(soft: torch.Tensor, embeddings: torch.Tensor, allowed_ids: to
     emb_norm = emb.norm(dim=1)  # [V']
     emb_sq = emb_norm**2  # [V']
     x_norm = x.norm(dim=1)  # [N*T]
-    rows = max(1, _CHUNK_BYTES // (4 * emb.shape[0]))
-    best_ids, best_cos, best_l2 = [], [], []
-    for start in range(0, x.shape[0], rows):
-        xc, xn = x[start : start + rows], x_norm[start : start + rows]  # [c, d], [c]
+
+    def chunk(lo: int, hi: int):
+        xc, xn = x[lo:hi], x_norm[lo:hi]  # [c, d], [c]
         dots = xc @ emb.T  # [c, V']
         cos = dots / (xn[:, None] * emb_norm[None, :]).clamp_min(1e-12)  # [c, V']
         c_val, c_idx = cos.max(dim=1)
         del cos
         sq = (emb_sq[None, :] - 2 * dots).min(dim=1).values + xn**2  # [c]; ||x - e||^2 at the L2 neighbour
-        best_ids.append(ids[c_idx])
-        best_cos.append(c_val)
-        best_l2.append(sq.clamp_min(0).sqrt())
+        return ids[c_idx], c_val, sq.clamp_min(0).sqrt()
+
+    best_ids, best_cos, best_l2 = _by_row_chunks(x, emb.shape[0], chunk)
     return {
-        "ids": torch.cat(best_ids).view(n, t).cpu(),
-        "cos": torch.cat(best_cos).view(n, t).cpu(),
-        "l2": torch.cat(best_l2).view(n, t).cpu(),
+        "ids": best_ids.view(n, t).cpu(),
+        "cos": best_cos.view(n, t).cpu(),
+        "l2": best_l2.view(n, t).cpu(),
         "norm_ratio": (x_norm / emb_norm.mean().clamp_min(1e-12)).view(n, t).cpu(),
     }
 

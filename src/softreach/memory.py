@@ -1,4 +1,4 @@
-"""Fit the batch to a memory budget: how many problems one batched step may hold."""
+"""Fit a batch to a memory budget: how many problems one batched step (or GCG candidates one forward) may hold."""
 from __future__ import annotations
 
 import torch

@@ -10,7 +10,7 @@ import torch
 
 from .errors import UserError
 
-DEFAULT_MODEL = "smollm2-135m"
+from .config import DEFAULT_MODEL  # noqa: F401  (re-exported: the default model spec)
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -57,6 +57,21 @@ class LoadedModel:
 
     def default_layer(self) -> int:
         return self.n_layers // 2
+
+    def ordinary_token_ids(self) -> torch.Tensor:
+        """Token ids a user could send: the tokenizer's vocabulary less its special tokens: [V']."""
+        n = min(len(self.tokenizer), self.embedding_matrix.shape[0])
+        special = torch.tensor(sorted(set(getattr(self.tokenizer, "all_special_ids", []) or [])), dtype=torch.long)
+        ids = torch.arange(n)
+        return ids[~torch.isin(ids, special)] if special.numel() else ids
+
+    def layer(self, layer: int | None) -> int:
+        """The layer asked for (None: n_layers // 2), checked against the model's depth."""
+        from .residual import check_layer
+
+        layer = self.default_layer() if layer is None else layer
+        check_layer(layer, self.n_layers)
+        return layer
 
     def describe(self) -> dict:
         return {"source": self.source, "gguf_file": self.gguf_file, "class": type(self.model).__name__,

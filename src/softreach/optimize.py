@@ -14,114 +14,19 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from .budget import clip_norms
+from .config import OptimConfig
 from .errors import UserError
 from .metrics import reachability_loss
 from .models import LoadedModel
 from .residual import residual_at
 
-# The research log's optimiser, kept for replication (`--preset seed`): N(0,1) starts, no early stop.
-LOG_OPTIM = dict(steps=1000, lr=0.01, init_scale=1.0, mse_weight=0.01, skip_pos0=False, mse_norm="none",
-                 schedule="constant", prune_after=0, start="random", early_stop=False)
-SCHEDULES = ("plateau", "constant", "cosine")
-STARTS = ("copy", "random")
-
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
-
-
-@dataclass
-class OptimConfig:
-    """How each soft prompt is optimised. The defaults are the fastest settings measured on SmolLM2
-    (see README, "Speed"); LOG_OPTIM holds the research log's settings."""
-
-    steps: int = 600
-    """Maximum Adam steps per problem (problems that converge stop earlier)."""
-    lr: float = 0.2
-    """Adam learning rate (the peak, or the start of the plateau schedule)."""
-    init_scale: float = 1.0
-    """Random starts are init_scale * N(0, 1)."""
-    start: str = "copy"
-    """"copy": the first restart starts from the better of the best scaled copy of the target and a warm
-    start from the next smaller norm budget; other restarts from random. "random": every restart random."""
-    mse_weight: float = 0.0
-    """Weight of the MSE term beside the mean (1 - cos); the log used 0.01."""
-    skip_pos0: bool = True
-    """Leave position 0 out of the loss (metrics still report it both ways)."""
-    mse_norm: str = "none"
-    """"none": raw MSE; "target": squared error divided by the target's mean square per position."""
-    batch_size: int = 64
-    """Problems per batched step; larger batches use the hardware better but need more memory."""
-    prune_after: int = 40
-    """After this many steps only the best restart of each target goes on (0: all restarts run to the end)."""
-    memory_budget_mb: float | None = None
-    """Memory the batched step may use, in MiB; the batch is split to fit. None: half of what is free."""
-    schedule: str = "plateau"
-    """Learning-rate schedule: "plateau" (halved per problem when its loss stalls), "constant", or "cosine"
-    (from lr down to lr * final_lr_frac over the steps)."""
-    final_lr_frac: float = 0.0
-    """End of the cosine schedule, as a fraction of lr."""
-    tol: float = 1e-3
-    """Convergence tolerance, in loss units (for the default loss: cosine): a problem has converged when
-    its best loss is below tol or the second half of its run gained less than tol."""
-    window: int = 20
-    """Steps between convergence checks (and the plateau schedule's look-back)."""
-    plateau_decays: int = 6
-    """With the plateau schedule: at most this many learning-rate halvings, each when a window gains
-    less than tol / 100."""
-    early_stop: bool = True
-    """Converged problems leave the batch (their results are identical to running on)."""
-    dtype: str = "float32"
-    """Compute dtype of the forward/backward: "float32" or "bfloat16" (soft prompts, Adam and all
-    reported metrics stay float32)."""
-
-    def __post_init__(self):
-        if self.steps < 1:
-            raise UserError(f"--steps must be at least 1, got {self.steps}")
-        if not (math.isfinite(self.init_scale) and self.init_scale > 0):
-            raise UserError(f"--init-scale must be a positive finite number, got {self.init_scale}")
-        if not (math.isfinite(self.mse_weight) and self.mse_weight >= 0):
-            raise UserError(f"--mse-weight must be a finite number >= 0, got {self.mse_weight}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise UserError(f"--lr must be positive, got {self.lr}")
-        if self.prune_after < 0:
-            raise UserError(f"--prune-after must be >= 0, got {self.prune_after}")
-        if self.memory_budget_mb is not None and not self.memory_budget_mb > 0:
-            raise UserError(f"--memory-budget-mb must be positive, got {self.memory_budget_mb}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise UserError(f"--dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.start not in STARTS:
-            raise UserError(f"--start must be one of {', '.join(STARTS)}, got {self.start!r}")
-        if self.mse_norm not in ("none", "target"):
-            raise UserError(f"--mse-norm must be 'none' or 'target', got {self.mse_norm!r}")
-        if not (math.isfinite(self.tol) and self.tol >= 0):
-            raise UserError(f"--tol must be a finite number >= 0, got {self.tol}")
-        if self.window < 1 or self.plateau_decays < 0:
-            raise UserError("--window must be >= 1 and --plateau-decays >= 0")
-
-    def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def problem_steps(self, targets: int, restarts: int) -> int:
-        """Most problem-steps `targets` x `restarts` problems can take, restart pruning included."""
-        if restarts > 1 and 0 < self.prune_after < self.steps:
-            return targets * (restarts * self.prune_after + self.steps - self.prune_after)
-        return targets * restarts * self.steps
-
-    def lr_at(self, step: int) -> float:
-        """Base learning rate for step `step` (0-based); a pure function of the step, so resume is exact."""
-        if self.schedule != "cosine" or self.steps == 1:
-            return self.lr
-        frac = step / (self.steps - 1)
-        return self.lr * (self.final_lr_frac + (1 - self.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 @dataclass

@@ -6,13 +6,15 @@ raised in a hook on block L-1, so no later block, final norm or LM head is ever 
 """
 from __future__ import annotations
 
+import typing
 from contextlib import contextmanager
 
 import torch
 
+from .config import Ablation
 from .errors import UserError
 
-ABLATIONS = ("none", "no_attn", "no_mlp")
+ABLATIONS = typing.get_args(Ablation)
 _SUBLAYER_NAMES = {"attn": ("attention", "self_attn", "attn"), "mlp": ("mlp", "feed_forward", "ffn")}
 
 

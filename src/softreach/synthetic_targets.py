@@ -12,8 +12,6 @@ import torch
 from .errors import UserError
 from .manifold import principal_directions
 
-EXP3_ALPHAS = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
-EXP5_FRACTIONS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 _JITTER_TRIES = 8  # jitter 1e-6 ... 1e1 times the mean diagonal
 
 log = logging.getLogger(__name__)

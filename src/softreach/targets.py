@@ -63,6 +63,23 @@ def residuals_of_tokens(lm: LoadedModel, tokens: torch.Tensor, layer: int, ablat
     return torch.cat(out)
 
 
+def real_targets(lm: LoadedModel, windows: TokenWindows, layer: int, count: int, seed: int,
+                 ablation: str = "none") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw `count` windows and return (tokens [N, T], targets [N, T, d], window indices [N])."""
+    idx = sample_windows(windows, count, seed)
+    tokens = windows.tokens[idx]
+    return tokens, residuals_of_tokens(lm, tokens, layer, ablation), idx
+
+
+def corpus_targets(lm: LoadedModel, corpus: str, seq_len: int, layer: int, count: int, seed: int):
+    """The one path from a corpus to real targets: (windows, tokens [N, T], targets [N, T, d], indices [N])."""
+    from .corpus import load_corpus_text
+
+    windows = tokenize_windows(lm, load_corpus_text(corpus), seq_len)
+    tokens, target, idx = real_targets(lm, windows, layer, count, seed)
+    return windows, tokens, target, idx
+
+
 @torch.no_grad()
 def mean_residual(lm: LoadedModel, windows: TokenWindows, layer: int, count: int, seed: int) -> torch.Tensor:
     """Corpus-mean residual per position over up to `count` windows: [T, d]."""

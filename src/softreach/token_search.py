@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
 from .errors import UserError
-from .memory import available_bytes, problem_bytes
+from .memory import batch_for_budget
 from .metrics import reachability_loss
 from .models import LoadedModel
 from .optimize import OptimConfig
 from .residual import residual_at
+
+if TYPE_CHECKING:
+    from .manifold import TokenTable
 
 
 @dataclass
@@ -59,13 +63,6 @@ class GCGResult:
     loss_curve: list[list[float]] = field(default_factory=list)  # per target: loss after each iteration
 
 
-def candidate_batch_size(lm: LoadedModel, layer: int, seq_len: int, requested: int,
-                         memory_budget_mb: float | None) -> int:
-    """Candidates per forward batch that fit the memory budget (the engine's per-problem estimate)."""
-    budget = int(memory_budget_mb * 2**20) if memory_budget_mb is not None else available_bytes(lm.device) // 2
-    return max(1, min(requested, budget // problem_bytes(lm, layer, seq_len)))
-
-
 @torch.no_grad()
 def evaluate_ids(lm: LoadedModel, layer: int, ids: torch.Tensor, target: torch.Tensor, optim: OptimConfig,
                  batch: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,10 +95,10 @@ def token_gradient(lm: LoadedModel, layer: int, rows: torch.Tensor, target: torc
 
 
 def gcg_search(lm: LoadedModel, layer: int, targets: torch.Tensor, init_ids: torch.Tensor, cfg: GCGConfig,
-               optim: OptimConfig, table, seed: int, progress=None) -> GCGResult:
+               optim: OptimConfig, table: TokenTable, seed: int, progress=None) -> GCGResult:
     """Search token sequences for targets [N, T, d] from init_ids [N, T] (ordinary token ids).
 
-    `table` is a constraints.TokenTable (the ordinary tokens and their embeddings); `optim` gives
+    `table` holds the ordinary tokens and their embeddings (manifold.token_table); `optim` gives
     the loss (mse_weight, skip_pos0, mse_norm). `progress(forward_passes, cos)` is called per iteration.
     """
     n, t, _ = targets.shape
@@ -111,7 +108,8 @@ def gcg_search(lm: LoadedModel, layer: int, targets: torch.Tensor, init_ids: tor
     rows_of = lambda ids: torch.searchsorted(table_ids, ids)  # noqa: E731  ordinary id -> table row
     if not torch.equal(table_ids[rows_of(init_ids).clamp(max=table_ids.numel() - 1)], init_ids.cpu()):
         raise UserError("initial tokens must be ordinary (non-special) token ids")
-    batch = candidate_batch_size(lm, layer, t, cfg.candidates, cfg.memory_budget_mb)
+    memory = None if cfg.memory_budget_mb is None else int(cfg.memory_budget_mb * 2**20)
+    batch = batch_for_budget(lm, layer, t, cfg.candidates, memory)  # candidates per forward batch
     top_k = min(cfg.top_k, table_ids.numel())
     out = GCGResult(ids=init_ids.clone().long().cpu(), loss=[], cos=[], start_loss=[], forward_passes=[],
                     seconds=[], iterations=[], accepted=[], candidate_batch=batch)

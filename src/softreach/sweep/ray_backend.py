@@ -18,7 +18,8 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
+from .cell import cell_dir, run_cell
 
 # forwarded to the actors so that a remote worker behaves like this process (the hub is never touched offline)
 FORWARD_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "TOKENIZERS_PARALLELISM")
@@ -36,8 +37,7 @@ class CellWorker:
         self.key, self.lm = None, None
 
     def run_cell(self, cfg, folder: str) -> float:
-        from .models import load_model
-        from .sweep import run_cell
+        from ..models import load_model
 
         if self.crash and Path(folder).name == self.crash["cell"] and _claim(self.crash):
             os._exit(1)  # a worker lost mid-cell, as an OOM kill or a lost node would look
@@ -70,11 +70,9 @@ def _import_ray():
 def run_ray(out: Path, cells: list, address: str | None = None, workers: int | None = None,
             show_progress: bool = True, max_restarts: int = 3, cell_retries: int = 2,
             torch_threads: int | None = None, crash: dict | None = None) -> None:
-    """Run `cells` (sweep.Cell) into `out` on a Ray cluster (joined at `address`, else local or already initialised)."""
+    """Run `cells` (grid.Cell) into `out` on a Ray cluster (joined at `address`, else local or already initialised)."""
     ray = _import_ray()
     from tqdm.auto import tqdm
-
-    from .sweep import cell_dir
 
     started = not ray.is_initialized()
     if started:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from .optimize import ChunkCheckpoint
-from .store import atomic_write_bytes
+from ..optimize import ChunkCheckpoint
+from .folder import atomic_write_bytes
 
 
 class FileCheckpoint(ChunkCheckpoint):

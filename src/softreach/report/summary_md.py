@@ -1,13 +1,7 @@
-"""The short human summary of one result folder (summary.md)."""
+"""The short human summary of one result folder (summary.md), and the statistics rows the report shares."""
 from __future__ import annotations
 
-
-def _fmt(x: float, digits: int = 4) -> str:
-    if x != x:
-        return "nan"
-    if x != 0 and (abs(x) >= 1e4 or abs(x) < 1e-3):
-        return f"{x:.3g}"
-    return f"{x:.{digits}f}"
+from .format import fmt, pct, table
 
 
 # rows of a per-condition statistics table: (label, problems.jsonl key[, decimal places]); the report
@@ -36,16 +30,14 @@ ROWS: list[tuple] = [
 
 
 def summary_table(summary: dict) -> str:
-    lines = ["| metric | median | mean | std | min | max |", "|---|---|---|---|---|---|"]
-    for label, key, *_ in ROWS:
-        if key in summary:
-            s = summary[key]
-            lines.append(f"| {label} | {_fmt(s['median'])} | {_fmt(s['mean'])} | {_fmt(s['std'])} | "
-                         f"{_fmt(s['min'])} | {_fmt(s['max'])} |")
-    return "\n".join(lines)
+    """The statistics table of summary.md: one row per ROWS field present in the summary (NaN as "nan")."""
+    rows = [[label] + [fmt(summary[key][k], missing=None) for k in ("median", "mean", "std", "min", "max")]
+            for label, key, *_ in ROWS if key in summary]
+    return "\n".join(table(["metric", "median", "mean", "std", "min", "max"], rows))
 
 
 def summary_markdown(title: str, config: dict, summary: dict) -> str:
+    """summary.md of a result folder: settings, verdict shares and time, then the statistics table."""
     m = config["model"]
     o = config["optim"]
     head = [
@@ -72,4 +64,4 @@ def _budget_text(config: dict) -> str:
 
 
 def _share(summary: dict, key: str) -> str:
-    return f"{100 * summary[key]:.0f}%" if key in summary else "-"
+    return pct(summary[key], missing="-") if key in summary else "-"

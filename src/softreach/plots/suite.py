@@ -1,135 +1,18 @@
-"""Figures for the report, one PNG per function, drawn with matplotlib's Agg renderer.
+"""The figures of the experiment sections of the report, one PNG per function.
 
-Every function takes plain numbers (numpy arrays, lists, dicts) and a destination path, writes the
-PNG atomically (temporary file, then os.replace) and returns the path. matplotlib is imported inside
-the functions, so `import softreach` never loads it, and pyplot is never used, so a notebook's
-backend and global state are left alone.
-
-Cosine axes use a "nines" spacing, -log10(1 - cos): 0.5, 0.9, 0.99 and 0.999 sit evenly apart, so
-the random-token floor (~0.5) and reached cosines (~0.99x) are readable on one axis. Wherever a
-residual-stream cosine is plotted, the random-token floor is a dashed line.
+Every function takes plain numbers (numpy arrays, lists, dicts) and a destination path, writes the PNG
+atomically and returns the path. Wherever a residual-stream cosine is plotted, the random-token floor is
+a dashed line.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-DPI = 110
-MAIN_TICKS = [-1, 0, 0.5, 0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999]
-FILL_TICKS = [0.8, 0.95, 0.98, 0.995, 0.998, 0.9995, 0.9998, 0.99995, 0.99998]
-NINES_LABEL = "(spaced by −log₁₀(1 − cos))"
+from .axes import (_by_group, _carry_forward, _cosine_axis, _finite, _floor_line, _label_axes, _new_figure,
+                   _quartiles, _save, from_nines, to_nines)
 
-
-# ---------------------------------------------------------------- helpers
-
-def to_nines(c):
-    """cosine -> -log10(1 - cos), finite for every cos < 1 (1 - cos clipped at 1e-6)."""
-    return -np.log10(np.clip(1.0 - np.asarray(c, dtype=np.float64), 1e-6, None))
-
-
-def from_nines(z):
-    return 1.0 - 10.0 ** (-np.asarray(z, dtype=np.float64))
-
-
-def _finite(x) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64).ravel()
-    return x[np.isfinite(x)]
-
-
-def _new_figure(ncols: int = 1, width: float = 6.4, height: float = 4.3):
-    """A standalone Figure (no pyplot) with `ncols` axes side by side."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols, height), layout="constrained")
-    return fig, list(fig.subplots(1, ncols, squeeze=False)[0])
-
-
-def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=DPI, format="png")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def _cosine_axis(ax, values, which: str = "y", label: str = "cosine") -> None:
-    """Put a cosine axis on the nines spacing, with limits fitted to `values` (everything plotted on it)."""
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator, ScalarFormatter
-
-    axis, set_scale, set_lim, set_label = (
-        (ax.yaxis, ax.set_yscale, ax.set_ylim, ax.set_ylabel) if which == "y"
-        else (ax.xaxis, ax.set_xscale, ax.set_xlim, ax.set_xlabel))
-    z = to_nines(_finite(values))
-    zlo, zhi = (float(z.min()), float(z.max())) if z.size else (0.0, 3.0)
-    pad = 0.05 * (zhi - zlo) if zhi > zlo else 0.05
-    zlo, zhi = zlo - pad, zhi + pad
-    set_scale("function", functions=(to_nines, from_nines))
-    set_lim(from_nines(zlo), from_nines(zhi))
-    ticks = [t for t in MAIN_TICKS if zlo <= to_nines(t) <= zhi]
-    for t in FILL_TICKS:  # in-between ticks where they keep a tenth of the axis from every other tick
-        zt = to_nines(t)
-        if zlo <= zt <= zhi and all(abs(zt - to_nines(u)) >= (zhi - zlo) / 10 for u in ticks):
-            ticks.append(t)
-    if len(ticks) >= 3:
-        axis.set_major_locator(FixedLocator(ticks))
-        axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    else:  # a narrow range: ordinary ticks read better
-        axis.set_major_formatter(ScalarFormatter(useOffset=False))
-    axis.set_minor_locator(NullLocator())
-    set_label(f"{label}\n{NINES_LABEL}")
-
-
-def _quartiles(a: np.ndarray, axis: int = 0):
-    """25th, 50th and 75th percentiles ignoring NaN: three arrays."""
-    return np.nanpercentile(a, [25, 50, 75], axis=axis)
-
-
-def _by_group(x, y):
-    """Group y by the distinct values of x: (xs, q25, q50, q75), each [G]."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    xs = np.unique(x[np.isfinite(x)])
-    q = np.array([np.nanpercentile(y[x == v], [25, 50, 75]) if np.isfinite(y[x == v]).any()
-                  else [np.nan] * 3 for v in xs])  # [G, 3]
-    return xs, q[:, 0], q[:, 1], q[:, 2]
-
-
-def _carry_forward(c: np.ndarray) -> np.ndarray:
-    """[N, S] curves with NaN after early stops -> each NaN replaced by its row's last finite value, cut
-    after the last step with any finite value: [N, S'] (S' = 0 when nothing is finite)."""
-    finite = np.isfinite(c)
-    if not finite.any():
-        return c[:, :0]
-    c = c[:, : int(np.nonzero(finite.any(0))[0].max()) + 1]
-    finite = np.isfinite(c)
-    idx = np.maximum.accumulate(np.where(finite, np.arange(c.shape[1]), 0), axis=1)  # last finite step so far
-    return np.take_along_axis(c, idx, axis=1)
-
-
-def _floor_line(ax, value, which: str = "h", color: str = "black", label: str | None = "random-token floor (median)",
-                **kw) -> None:
-    if value is None or not np.isfinite(value):
-        return
-    line = ax.axhline if which == "h" else ax.axvline
-    line(value, linestyle="--", color=color, linewidth=1.3, label=label, **kw)
-
-
-def _label_axes(ax, title: str, xlabel: str, ylabel: str | None = None, **legend) -> None:
-    """Title, axis labels, a light grid and the legend (fontsize 8 unless legend says otherwise)."""
-    ax.set_xlabel(xlabel)
-    if ylabel is not None:
-        ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(**{"fontsize": 8, **legend})
-
-
-# ---------------------------------------------------------------- figures
 
 def cosine_histogram(cos, floor_cos, title: str, path) -> Path:
     """Final cosine per target (best restart) against the random-token floor.
@@ -372,58 +255,4 @@ def trajectories(traj: dict, floor: float | None, path) -> Path:
         ax2.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}" if f"{v:e}"[0] in "25" else ""))
         _label_axes(ax2, "Residual norm by layer", "layer (hidden_states index; 0 = embeddings)",
                     ylabel="residual norm, mean over positions (log scale)")
-    return _save(fig, path)
-
-
-def budget_curves(series: dict[str, dict], path) -> Path:
-    """Fidelity against the input-norm budget: one colour per experiment, its copy baseline dashed in the
-    same colour, its random-token floor grey.
-
-    series: label -> {"budget": [B] (relative budgets, math.inf = free), "cos": [B], "copy": [B], "floor": [B]},
-    medians over targets (NaN where absent). The budget axis is logarithmic; the free input is drawn one
-    step to the right of the largest budget and labelled "free".
-    """
-    from matplotlib.ticker import FixedLocator, FixedFormatter, NullLocator
-
-    finite = sorted({float(b) for s in series.values() for b in s["budget"] if np.isfinite(b)})
-    if finite:
-        lo, hi = finite[0], finite[-1]
-        x_free = hi * 10 ** max(0.5, 0.25 * np.log10(hi / lo))
-    else:
-        lo = hi = x_free = 1.0
-
-    def xpos(budgets):
-        return np.array([x_free if not np.isfinite(b) else float(b) for b in budgets], dtype=np.float64)
-
-    fig, (ax,) = _new_figure(1, width=7.6, height=4.8)
-    shown = []
-    for i, (label, s) in enumerate(series.items()):
-        color = f"C{i % 10}"
-        x = xpos(s["budget"])
-        order = np.argsort(x)
-        x = x[order]
-        for key, style in (("cos", {"color": color, "marker": "o", "linewidth": 2, "label": label}),
-                           ("copy", {"color": color, "linestyle": "--", "marker": "x", "linewidth": 1.2,
-                                     "alpha": 0.85}),
-                           ("floor", {"color": "0.6", "linestyle": ":", "marker": ".", "linewidth": 1.0})):
-            y = np.asarray(s.get(key, [np.nan] * len(x)), dtype=np.float64)[order]
-            m = np.isfinite(y)
-            if m.any():
-                ax.plot(x[m], y[m], **style)
-                shown.append(y[m])
-    ax.plot([], [], color="black", linestyle="--", marker="x", linewidth=1.2,
-            label="copy baseline (dashed, same colour)")
-    ax.plot([], [], color="0.6", linestyle=":", marker=".", label="random-token floor (grey)")
-    ax.set_xscale("log")
-    if finite:
-        ax.axvline(np.sqrt(hi * x_free), color="0.8", linewidth=0.8)  # separates the budgets from "free"
-    ticks = finite + [x_free]
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_major_formatter(FixedFormatter([f"{b:g}" for b in finite] + ["free"]))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlim(lo / 10 ** 0.15, x_free * 10 ** 0.15)
-    _label_axes(ax, "Fidelity against the input-norm budget\nmedians over targets, without position 0",
-                "input-norm budget (× mean token-embedding norm, log scale)",
-                loc="center left", bbox_to_anchor=(1.01, 0.5))
-    _cosine_axis(ax, np.concatenate(shown) if shown else np.array([]), "y", "median cosine w/o position 0")
     return _save(fig, path)

@@ -1,0 +1,26 @@
+"""`softreach report DIR`: (re)write report.md and its figures for a suite, ladder or result folder."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .args import refuse_settings
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("report", help="write report.md and figures for a suite, ladder or result folder")
+    p.add_argument("run_dir")
+    refuse_settings(p, "report")
+    return p
+
+
+def main(a) -> int:
+    if (Path(a.run_dir) / "frontier.json").is_file():  # a constraint-ladder folder
+        from ..report.ladder import write_ladder_report
+
+        print(write_ladder_report(Path(a.run_dir)))
+        return 0
+    from ..report import write_report
+
+    print(write_report(a.run_dir))
+    return 0
