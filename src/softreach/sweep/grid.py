@@ -228,10 +228,7 @@ def parse_axes(raw) -> dict:
     out, seen = {}, {}
     for key, values in raw.items():
         key = str(key)
-        try:
-            path = _canonical(key)
-        except UserError as e:
-            raise UserError(f"grid: {e}") from None
+        path = _canonical_in(key, "grid")
         if path in FIXED_BY_GRID:
             raise UserError(f"grid: axis {key!r} is set by the grid's top-level keys")
         clash = next((k for p, k in seen.items() if _overlap(p, path)), None)
@@ -245,15 +242,20 @@ def parse_axes(raw) -> dict:
     return out
 
 
+def _canonical_in(key: str, where: str) -> str:
+    """_canonical, its error prefixed with where the key was written."""
+    try:
+        return _canonical(key)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+
+
 def parse_command_line(settings: dict | None, axes: dict) -> dict:
     """Command-line settings {dotted key: value} -> {full dotted key: value}; an axis of the grid is refused."""
     out = {}
     paths = {_canonical(k): k for k in axes}
     for key, value in (settings or {}).items():
-        try:
-            path = _canonical(key)
-        except UserError as e:
-            raise UserError(f"--set: {e}") from None
+        path = _canonical_in(key, "--set")
         if path in FIXED_BY_GRID:
             raise UserError(f"--set {key}: set it with the grid's top-level '{FIXED_BY_GRID[path]}' key")
         axis = next((a for p, a in paths.items() if _overlap(p, path)), None)
