@@ -1,12 +1,14 @@
 """Text corpora: the embedded default (CPython's pydoc topics), a local text file, or WikiText-2."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .config import DEFAULT_CORPUS
 from .errors import UserError
 
 WIKITEXT = "wikitext2"
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f]")  # control characters other than whitespace
 
 
 def load_corpus_text(spec: str = DEFAULT_CORPUS) -> str:
@@ -40,7 +42,7 @@ def _decode_text(data: bytes, spec: str) -> str:
     except UnicodeDecodeError as e:
         raise UserError(f"corpus {spec} is not UTF-8 text (invalid byte at offset {e.start}); "
                         "convert it to UTF-8 or give another file") from None
-    control = sum(1 for ch in text if ord(ch) < 32 and ch not in "\n\r\t\f\v")
+    control = len(_CONTROL.findall(text))
     if control > 0.01 * max(1, len(text)):
         raise UserError(f"corpus {spec} does not look like text ({control} control characters); "
                         "give a UTF-8 text file")

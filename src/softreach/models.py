@@ -10,7 +10,7 @@ import torch
 
 from .errors import UserError
 
-from .config import DEFAULT_MODEL  # noqa: F401  (re-exported: the default model spec)
+from .config import DEFAULT_MODEL
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

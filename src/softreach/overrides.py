@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import json
 import typing
+from functools import lru_cache
 from typing import Literal
 
 from .errors import UserError
@@ -20,8 +21,11 @@ def _is_config(tp) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
+@lru_cache(maxsize=None)
 def leaves(cls, prefix: str = "") -> dict[str, type]:
-    """Every settable field below `cls`: dotted path -> annotated type (dataclass fields are walked into)."""
+    """Every settable field below `cls`: dotted path -> annotated type (dataclass fields are walked into).
+
+    Cached per class: callers must not change the dict."""
     out = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -72,15 +76,34 @@ def flatten(cls, nested: dict, aliases: dict[str, str] | None = None, where: str
         try:
             path, sub = resolve(cls, key, aliases)
         except UserError:
-            if isinstance(v, dict) and v:
-                out.update(flatten(cls, v, aliases, key))
-                continue
-            raise
+            if not isinstance(v, dict):
+                raise
+            if not _is_group(cls, key, aliases):
+                if where or "." in key:
+                    raise
+                raise UserError(f"unknown group {key!r}: choose from {', '.join(groups(cls, aliases))}, "
+                                "or dotted keys") from None
+            out.update(flatten(cls, v, aliases, key))
+            continue
         if sub is None and _origin(leaves(cls)[path]) is dict and isinstance(v, dict):
             out.update({f"{path}.{a}": b for a, b in v.items()})
         else:
             out[path + (f".{sub}" if sub else "")] = v
     return out
+
+
+def groups(cls, aliases: dict[str, str] | None = None) -> list[str]:
+    """Names that hold settings rather than name one: config-valued fields (run, optim) and aliases (suite)."""
+    names = {part for path in leaves(cls) for part in path.split(".")[:-1]}
+    return sorted(names | {old.rstrip(".") for old in (aliases or {})})
+
+
+def _is_group(cls, key: str, aliases: dict[str, str] | None) -> bool:
+    """Whether `key` (e.g. run, optim, suite, run.optim) is a group of settings, i.e. a tail of a path's prefix."""
+    for old, new in (aliases or {}).items():
+        if f"{key}.".startswith(old):
+            key = (new + f"{key}."[len(old):]).rstrip(".")
+    return not key or any(f".{path}".find(f".{key}.") >= 0 for path in leaves(cls))
 
 
 def parse_assignments(items, aliases: dict[str, str] | None = None, cls=None) -> dict[str, object]:

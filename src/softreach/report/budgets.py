@@ -11,7 +11,8 @@ from .. import plots
 from ..budget import budget_label
 from .blocks import absent, figure, not_beating
 from .format import fmt, table
-from .load import Condition, Run, as_float, read_json, same_targets
+from ..results.folder import read_json
+from .load import Condition, Run, as_float, same_targets
 
 RADIUS_COS = 0.99  # reachability radius: smallest budget at which a target's cos w/o pos 0 reaches this
 
@@ -50,7 +51,7 @@ def _exp4_budget_correlations(run: Run) -> list[str]:
             continue
         try:
             budget = float(m["b"]) if m["b"] else math.inf
-            corr = (read_json(path) or {}).get("correlations") or []
+            corr = (read_json(path, missing_ok=True) or {}).get("correlations") or []
         except (ValueError, AttributeError):
             continue
         found += [(budget, c) for c in corr if isinstance(c, dict)]

@@ -46,7 +46,7 @@ def write_frontier(out_dir) -> Path:
             point[key] = float(np.mean(values)) if values else None
         points.append(point)
     points.sort(key=lambda p: _folder_order(p["name"], p["rung"]))
-    marker = read_json(out / MARKER) if (out / MARKER).is_file() else {}
+    marker = read_json(out / MARKER, missing_ok=True) or {}
     floor = {k: points[0][f"floor_{k}"] for k in ("cos", "cos_no_pos0")} if points else {}
     frontier = {"model": marker.get("model"), "layer": marker.get("layer"),
                 "targets_shape": marker.get("targets_shape"), "floor": floor, "points": points}

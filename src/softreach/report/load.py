@@ -6,7 +6,6 @@ A folder at an input-norm budget B carries the suffix `_bB` (`exp1_b1`, `exp4_no
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections import Counter
@@ -18,6 +17,7 @@ import numpy as np
 from ..budget import budget_label, folder_suffix
 from ..errors import UserError
 from ..experiments.registry import CONDITIONS
+from ..results.folder import read_json, read_problems
 
 ORDER = ("exp1", "exp1b", "exp2a", "exp2b", "exp3", "exp4_no_attn", "exp4_no_mlp", "exp5_raw", "exp5_pca")
 """The report's order of the known result folders (the registry's CONDITIONS, by experiment number)."""
@@ -136,26 +136,15 @@ def as_float(x) -> float:
     return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else math.nan
 
 
-def read_json(path: Path):
-    """The parsed file, or None when it does not exist."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-
 def is_result_folder(path: Path) -> bool:
     """Whether path holds config.json and problems.jsonl."""
     return (path / "config.json").is_file() and (path / "problems.jsonl").is_file()
 
 
 def _read_condition(path: Path, name: str) -> Condition:
-    rows = []
-    for i, line in enumerate((path / "problems.jsonl").read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise UserError(f"{path / 'problems.jsonl'} line {i} is not valid JSON") from None
-    return Condition(name, path, read_json(path / "config.json") or {}, read_json(path / "summary.json") or {}, rows)
+    rows = read_problems(path)  # one-line error for a corrupt line
+    config = read_json(path / "config.json", missing_ok=True) or {}
+    return Condition(name, path, config, read_json(path / "summary.json", missing_ok=True) or {}, rows)
 
 
 def _single_name(path: Path, config: dict) -> str:
@@ -188,7 +177,7 @@ def load_run(run_dir: str | Path) -> Run:
     if not root.is_dir():
         raise UserError(f"{root} is not a folder")
     if is_result_folder(root):
-        name = _single_name(root.resolve(), read_json(root / "config.json") or {})
+        name = _single_name(root.resolve(), read_json(root / "config.json", missing_ok=True) or {})
         return Run(root, True, {name: _read_condition(root, name)}, [])
     subs = sorted(p for p in root.iterdir() if p.is_dir())
     found = {p.name: _read_condition(p, p.name) for p in subs if not p.name.startswith(".") and is_result_folder(p)}

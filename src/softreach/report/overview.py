@@ -12,7 +12,8 @@ from ..errors import UserError
 from ..experiments.registry import CONDITIONS
 from .blocks import MARKS_NOTE, absent, converged_cell, figure, not_beating, steps_cell
 from .format import fmt, pct, table
-from .load import ORDER, Run, as_float, best_restart_curve, known_share, read_json
+from ..results.folder import read_json
+from .load import ORDER, Run, as_float, best_restart_curve, known_share
 
 
 def header(run: Run) -> list[str]:
@@ -69,7 +70,7 @@ def _suite_budgets(run: Run) -> list[float]:
     """The budgets the suite was asked for (suite.json), else those its folders hold; ascending, free last."""
     found = {x.budget for x in run.conditions.values()}
     try:
-        asked = (read_json(run.root / "suite.json") or {}).get("config", {}).get("run", {}).get("norm_budgets")
+        asked = (read_json(run.root / "suite.json", missing_ok=True) or {}).get("config", {}).get("run", {}).get("norm_budgets")
     except (ValueError, AttributeError):
         asked = None
     wanted = set()

@@ -10,7 +10,8 @@ from ..experiments.registry import CONDITIONS
 from ..stats import correlations
 from .blocks import absent, condition_block, figure
 from .format import fmt, table
-from .load import Condition, Run, read_json, same_targets, side_file
+from ..results.folder import read_json
+from .load import Condition, Run, same_targets, side_file
 
 ABLATION_LABELS = {"exp1": "Full model", "exp4_no_attn": "No attention (FFN only)",
                    "exp4_no_mlp": "No MLP (attention only)"}
@@ -26,7 +27,7 @@ def exp1(run: Run) -> list[str]:
     path = side_file(run, "exp1", "trajectories.json")
     if path is None:
         return out + absent("all-layer trajectories (`exp1/trajectories.json`)")
-    traj = read_json(path)
+    traj = read_json(path, missing_ok=True)
     cos = np.asarray(traj.get("cos_soft_vs_tokens", []), dtype=np.float64)  # [P, layers]
     out += ["### All-layer trajectories", "",
             f"Residual produced by the soft prompt vs by the target's real tokens, at every layer, for "
@@ -60,7 +61,7 @@ def exp1b(run: Run) -> list[str]:
                     f"and a random-token floor of {fmt(x.median('floor_cos'))}.", ""]
     if path is None:
         return out + absent("the embedding-distance analysis (`exp1b/analysis.json`)")
-    a = read_json(path)
+    a = read_json(path, missing_ok=True)
     rows = []
     for label, stats in (("all positions", a), ("without position 0", a.get("no_pos0") or {})):
         if not stats:
@@ -148,7 +149,7 @@ def exp3(run: Run) -> list[str]:
 
 def _correlation_rows(run: Run) -> tuple[list[dict], str]:
     """Per-target difficulty correlations between model variants: from exp4_analysis.json, else computed here."""
-    saved = read_json(run.root / "exp4_analysis.json") if not run.single else None
+    saved = read_json(run.root / "exp4_analysis.json", missing_ok=True) if not run.single else None
     if saved and saved.get("correlations"):
         return saved["correlations"], "from `exp4_analysis.json`"
     names = [n for n in ABLATION_KEYS if n in run.conditions]

@@ -166,13 +166,26 @@ def write_condition(out: Path, result: ConditionResult, config: dict, title: str
         raise
 
 
-def read_json(path: str | os.PathLike):
-    return json.loads(Path(path).read_text())
+def read_json(path: str | os.PathLike, missing_ok: bool = False):
+    """The parsed JSON file; None when it does not exist and `missing_ok`."""
+    path = Path(path)
+    if missing_ok and not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def read_problems(folder: str | os.PathLike) -> list[dict]:
-    """A result folder's problems.jsonl, one dict per row."""
-    return [json.loads(line) for line in (Path(folder) / "problems.jsonl").read_text().splitlines() if line]
+    """A result folder's problems.jsonl, one dict per row; a one-line UserError for a line that is not JSON."""
+    path = Path(folder) / "problems.jsonl"
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise UserError(f"{path} line {i} is not valid JSON") from None
+    return rows
 
 
 def is_done(folder: str | os.PathLike) -> bool:

@@ -172,31 +172,6 @@ def _canonical(key: str) -> str:
     return path + (f".{sub}" if sub else "")
 
 
-def _is_group(key: str) -> bool:
-    """Whether `key` names a group of settings (run, optim, suite, run.optim) rather than one setting."""
-    for old, new in ALIASES.items():
-        if f"{key}.".startswith(old):
-            key = (new + f"{key}."[len(old):]).rstrip(".")
-    return not key or any(f".{p}".find(f".{key}.") >= 0 for p in ov.leaves(SuiteConfig))
-
-
-def _check_nested(nested: dict, where: str = "") -> None:
-    """Refuse a mapping under a key that is neither a group nor a setting (flatten would skip it when empty)."""
-    for k, v in nested.items():
-        key = f"{where}.{k}" if where else str(k)
-        if not isinstance(v, dict):
-            continue
-        try:
-            ov.resolve(SuiteConfig, key, ALIASES)
-            continue
-        except UserError:
-            if not _is_group(key):
-                if not where and "." not in key:
-                    raise UserError(f"unknown group {key!r}: choose from {', '.join(GROUPS)}, or dotted keys") from None
-                raise
-        _check_nested(v, key)
-
-
 def parse_overrides(raw) -> dict:
     """The grid's `overrides` (groups run/optim/suite, or dotted keys) -> {full dotted key: value}."""
     if raw is None:
@@ -208,7 +183,6 @@ def parse_overrides(raw) -> dict:
     if bad is not None:
         raise UserError(f"overrides.{bad}: expected a mapping, got {type(raw[bad]).__name__}")
     try:
-        _check_nested(raw)
         flat = ov.flatten(SuiteConfig, raw, ALIASES)
     except UserError as e:
         raise UserError(f"overrides: {e}") from None
