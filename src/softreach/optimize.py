@@ -22,6 +22,7 @@ import torch
 from .budget import clip_norms
 from .config import OptimConfig
 from .errors import UserError
+from .frame import TextFrame, frame_residual
 from .metrics import reachability_loss
 from .models import LoadedModel
 from .residual import residual_at
@@ -95,7 +96,7 @@ class ChunkCheckpoint:
 def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Tensor, cfg: OptimConfig,
              ablation: str = "none", progress: Callable[[int, float], None] | None = None,
              checkpoint: ChunkCheckpoint | None = None, param: InputParam = FREE, group: int = 1,
-             max_norm: torch.Tensor | float | None = None) -> OptimResult:
+             max_norm: torch.Tensor | float | None = None, frame: TextFrame | None = None) -> OptimResult:
     """Optimise soft prompts so the layer-`layer` residual matches `targets`.
 
     targets: [P, T, d]; init: [P, T, ...] the initial parameter (free vectors: [P, T, d]), mapped to
@@ -104,9 +105,15 @@ def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Ten
     holds each problem's best input vectors [P, T, d] and, where the parameter is not the inputs
     themselves, extra["param"] holds the best parameter. `progress(new_problem_steps, median_cos)` is
     called after every batched step (and once on resume with the problem-steps already done).
+    frame: fixed text around the soft slots (one row per problem); targets are then [P, positions, d] for
+    the frame's positions, init [P, K, ...], and position 0 is never left out of the loss (it is no target).
     """
-    if targets.shape[:2] != init.shape[:2]:
+    if frame is None and targets.shape[:2] != init.shape[:2]:
         raise UserError(f"targets {tuple(targets.shape)} and initial prompts {tuple(init.shape)} differ in shape")
+    if frame is not None and (targets.shape[0] != init.shape[0] or frame.rows != init.shape[0]
+                              or targets.shape[1] != frame.positions.numel() or init.shape[1] != frame.soft):
+        raise UserError(f"targets {tuple(targets.shape)}, initial prompts {tuple(init.shape)} and a frame of "
+                        f"{frame.rows} rows x {frame.soft} slots x {frame.positions.numel()} positions disagree")
     if not torch.isfinite(targets).all():
         raise UserError("targets contain non-finite values (nan or inf)")
     if max_norm is not None and param is not FREE:
@@ -118,14 +125,16 @@ def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Ten
         caps = (max_norm if torch.is_tensor(max_norm) else torch.tensor(float(max_norm))).float().expand(targets.shape[0])
     checkpoint = checkpoint or ChunkCheckpoint()
     budget = None if cfg.memory_budget_mb is None else int(cfg.memory_budget_mb * 2**20)
-    batch = batch_for_budget(lm, layer, targets.shape[1], cfg.batch_size, budget, cfg.dtype)
+    seq_len = targets.shape[1] if frame is None else frame.seq_len
+    batch = batch_for_budget(lm, layer, seq_len, cfg.batch_size, budget, cfg.dtype)
     batch = max(group, batch // group * group)  # the restarts of one target stay in one batch
     start = time.perf_counter()
     parts = []
     for chunk, lo in enumerate(range(0, targets.shape[0], batch)):
         hi = min(lo + batch, targets.shape[0])
         parts.append(_optimise_chunk(lm, layer, targets[lo:hi], init[lo:hi], cfg, ablation, progress,
-                                     checkpoint, chunk, param, group, None if caps is None else caps[lo:hi]))
+                                     checkpoint, chunk, param, group, None if caps is None else caps[lo:hi],
+                                     None if frame is None else frame.select(slice(lo, hi))))
     best, losses, coses, norms, converged, best_loss = (torch.cat([p[k] for p in parts]) for k in range(6))
     seconds = time.perf_counter() - start
     if param is FREE:
@@ -146,7 +155,7 @@ def _adam_update(soft, grad, m, v, step: int, lr: torch.Tensor) -> None:
 
 
 def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progress, checkpoint, chunk,
-                    param=FREE, group=1, caps=None):
+                    param=FREE, group=1, caps=None, frame=None):
     """Optimise one batch of problems. Rows come in groups of `group` restarts of one target; with
     cfg.prune_after, only the best row of each group continues past that step. Returns
     (best parameter [B, T, ...], loss curve [B, S], cos curve [B, S], norm curve [B, S], converged [B],
@@ -189,7 +198,8 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
         alive = s["alive"]
         soft = s["soft"].requires_grad_(True)
         target = all_targets if len(alive) == rows else all_targets[alive.to(dev)]
-        inputs, loss, cos = _evaluate(model, compute, layer, soft, target, cfg, ablation, param)
+        inputs, loss, cos = _evaluate(model, compute, layer, soft, target, cfg, ablation, param,
+                                      None if frame is None else frame.select(alive))
         if not torch.isfinite(loss).all():
             raise UserError(f"loss became non-finite at step {step}; try a smaller --lr or --init-scale")
         (grad,) = torch.autograd.grad(loss.sum(), soft)
@@ -212,16 +222,20 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
     if len(s["alive"]):  # the iterate after the last step is a candidate too
         with torch.no_grad():
             _, loss, _ = _evaluate(model, compute, layer, s["soft"], all_targets[s["alive"].to(dev)], cfg, ablation,
-                                   param)
+                                   param, None if frame is None else frame.select(s["alive"]))
         _record_best(s, s["soft"], loss.cpu())
     return s["best"], s["loss_curve"], s["cos_curve"], s["norm_curve"], s["converged"], s["best_loss"]
 
 
-def _evaluate(model, compute, layer, soft, target, cfg: OptimConfig, ablation, param):
+def _evaluate(model, compute, layer, soft, target, cfg: OptimConfig, ablation, param, frame=None):
     """Inputs [B', T, d], loss [B'] (penalty included) and cosine [B'] of the parameter `soft`."""
     inputs = param.inputs(soft)
-    achieved = residual_at(model, layer, inputs_embeds=inputs.to(compute), ablation=ablation)
-    loss, cos = reachability_loss(achieved.float(), target, cfg.mse_weight, cfg.skip_pos0, cfg.mse_norm)
+    if frame is None:
+        achieved = residual_at(model, layer, inputs_embeds=inputs.to(compute), ablation=ablation)
+    else:
+        achieved = frame_residual(model, layer, frame, inputs.to(compute), ablation)
+    skip = cfg.skip_pos0 and frame is None
+    loss, cos = reachability_loss(achieved.float(), target, cfg.mse_weight, skip, cfg.mse_norm)
     extra = param.penalty(soft, inputs)
     return inputs, (loss if extra is None else loss + extra), cos
 

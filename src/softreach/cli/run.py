@@ -1,4 +1,5 @@
-"""`softreach run EXP`: one experiment (plus those it reads); Exp 1 at one budget writes one result folder."""
+"""`softreach run EXP`: one experiment (plus those it reads); Exp 1 at one budget writes one result folder.
+`softreach run steer` (cli/steer.py) steers fixed text from soft slots around it."""
 from __future__ import annotations
 
 import argparse
@@ -6,17 +7,24 @@ import argparse
 from ..config import SuiteConfig
 from ..experiments.registry import ORDER, with_needs
 from ..presets import PRESETS, preset
+from . import steer
 from .args import SUITE_ALIASES, add_config_flags, add_output_options, add_settings_options, settings
+
 
 def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one experiment (exp1 at one budget writes a result folder; others a "
-                       "suite folder)")
-    p.add_argument("experiment", choices=ORDER)
-    p.add_argument("--preset", default=None, metavar="{" + ",".join(PRESETS) + "}",
-                   help="start from a preset's settings (seed: the log's protocol); default: the tuned defaults")
-    add_config_flags(p, SuiteConfig, skip=("experiments",))
-    add_settings_options(p)
-    add_output_options(p, "result folder (a suite folder for several budgets or experiments)")
+                       "suite folder; steer: soft slots around fixed text)")
+    experiments = p.add_subparsers(dest="experiment", required=True, metavar="{" + ",".join(ORDER + ("steer",)) + "}",
+                                   parser_class=type(p))
+    for name in ORDER:
+        e = experiments.add_parser(name, help=f"experiment {name} of the log")
+        e.add_argument("--preset", default=None, metavar="{" + ",".join(PRESETS) + "}",
+                       help="start from a preset's settings (seed: the log's protocol); default: the tuned defaults")
+        add_config_flags(e, SuiteConfig, skip=("experiments",))
+        add_settings_options(e)
+        add_output_options(e, "result folder (a suite folder for several budgets or experiments)")
+        e.set_defaults(func=main)
+    steer.add_parser(experiments).set_defaults(func=steer.main)
     return p
 
 

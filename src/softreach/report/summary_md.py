@@ -16,6 +16,13 @@ ROWS: list[tuple] = [
     ("FVU without position 0", "fvu_no_pos0"),
     ("random-token floor (cosine)", "floor_cos"),
     ("random-token floor without position 0", "floor_cos_no_pos0"),
+    ("the text's own tokens in the slots (cosine)", "own_cos"),
+    ("the source tokens in the slots (cosine)", "source_cos"),
+    ("gain over the text's own tokens", "gain_over_own"),
+    ("next-token KL to the target's continuation (nats)", "kl"),
+    ("next-token top-1 agreement with the target's continuation", "top1"),
+    ("the text's own tokens: next-token KL", "own_kl"),
+    ("the text's own tokens: top-1 agreement", "own_top1"),
     ("copy baseline (cosine)", "copy_cos"),
     ("copy baseline without position 0", "copy_cos_no_pos0"),
     ("copy baseline scale a (input = a · target)", "copy_scale"),
@@ -45,7 +52,7 @@ def summary_markdown(title: str, config: dict, summary: dict) -> str:
         "",
         f"- model: `{m['source']}`" + (f" (`{m['gguf_file']}`)" if m.get("gguf_file") else "")
         + f", {m.get('n_layers', '?')} layers, d_model {m.get('d_model', '?')}",
-        f"- layer {config['layer']}, ablation {config['ablation']}, T={config['seq_len']}, "
+        f"- layer {config['layer']}, ablation {config['ablation']}, {_shape_text(config)}, "
         f"{summary['n_targets']} targets x {config['restarts']} restarts, {o['steps']} steps, "
         f"Adam lr {o['lr']}, init N(0, {o['init_scale']}^2), seed {config['seed']}",
         f"- norm budget: {_budget_text(config)}; converged: {_share(summary, 'share_converged')}, "
@@ -55,6 +62,14 @@ def summary_markdown(title: str, config: dict, summary: dict) -> str:
         "",
     ]
     return "\n".join(head) + summary_table(summary) + "\n"
+
+
+def _shape_text(config: dict) -> str:
+    if "soft" not in config:
+        return f"T={config['seq_len']}"
+    return (f"K={config['soft']} soft slots between {config['n_before']} and {config['n_after']} fixed tokens, "
+            f"{len(config['target_positions'])} steered position(s) ({config['steer']}"
+            + (f", distance {config['distance']}" if config.get("distance") else "") + ")")
 
 
 def _budget_text(config: dict) -> str:

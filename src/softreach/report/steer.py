@@ -1,0 +1,105 @@
+"""The report of a steer folder: one table and one figure per sweep (K, M, distance), each point against its
+baselines (random tokens in the slots, the text's own tokens) with convergence and the downstream check;
+and the smallest K that reaches the stated fidelity per text (a distance between the text and its target)."""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from ..results.folder import atomic_write_text, is_done, read_json, read_problems
+from .format import fmt, pct, table
+
+SWEEP_TITLES = {"k": ("Fidelity against the number of soft slots K", "K"),
+                "m": ("Fidelity against the number of steered positions M", "M"),
+                "distance": ("Fidelity against the distance from the slots", "distance")}
+COLUMNS = ["cos (mean)", "cos (median)", "random tokens", "own tokens", "reached", "converged", "KL", "top-1",
+           "own KL", "steps"]
+
+
+def _mean(rows: list[dict], key: str) -> float:
+    values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return statistics.fmean(values) if values else math.nan
+
+
+def point_row(rows: list[dict]) -> list[str]:
+    """One table row of a condition's problems (means over problems unless said)."""
+    return [fmt(_mean(rows, "cos")), fmt(statistics.median(r["cos"] for r in rows)), fmt(_mean(rows, "floor_cos")),
+            fmt(_mean(rows, "own_cos")), pct(_mean(rows, "reached")), pct(_mean(rows, "converged")),
+            fmt(_mean(rows, "kl")), fmt(_mean(rows, "top1"), 2), fmt(_mean(rows, "own_kl")), fmt(_mean(rows, "steps_run"), 0)]
+
+
+def load_points(out: str | Path) -> list[tuple[str, dict, list[dict]]]:
+    """Every finished point of a steer folder: (folder name, config, problems), sweeps in their order."""
+    out = Path(out)
+    found = [(p.name, read_json(p / "config.json"), read_problems(p)) for p in out.iterdir()
+             if p.is_dir() and is_done(p)]
+    order = {"k": 0, "m": 1, "distance": 2, None: 3}
+
+    def key(item):
+        value = item[1].get("sweep_value")
+        number = math.inf if value == "all" else float(value) if value is not None else 0.0
+        return order.get(item[1].get("sweep"), 4), number, item[0]
+
+    return sorted(found, key=key)
+
+
+def points_table(out: str | Path, single: bool = False) -> str:
+    """The table of a result folder (single) or of every point of a steer folder, as markdown."""
+    out = Path(out)
+    if single:
+        return "\n".join(table(["condition"] + COLUMNS, [["steer"] + point_row(read_problems(out))]))
+    rows = [[name] + point_row(problems) for name, _, problems in load_points(out)]
+    return "\n".join(table(["point"] + COLUMNS, rows))
+
+
+def smallest_k(points: list[tuple[str, dict, list[dict]]], fidelity: float) -> list[int | None]:
+    """Per problem of the K sweep: the smallest K whose cosine reaches `fidelity` (None: no K did)."""
+    ks = [(cfg["sweep_value"], rows) for _, cfg, rows in points if cfg.get("sweep") == "k"]
+    if not ks:
+        return []
+    out: list[int | None] = []
+    for i in range(len(ks[0][1])):
+        hit = [k for k, rows in sorted(ks) if rows[i]["cos"] >= fidelity]
+        out.append(hit[0] if hit else None)
+    return out
+
+
+def write_steer_report(out: str | Path) -> Path:
+    """report.md and one figure per sweep in a steer folder (rewritten from the point folders)."""
+    from ..plots.steer import plot_sweep
+
+    out = Path(out)
+    cfg = read_json(out / "steer.json")["config"]
+    points = load_points(out)
+    first = points[0][1] if points else {}
+    model = first.get("model", {})
+    lines = [f"# Steering fixed text from soft slots ({cfg['layout']})", "",
+             f"- model `{model.get('source', cfg['model'])}`" + (f" (`{model['gguf_file']}`)" if model.get("gguf_file")
+                                                                  else "") + f", layer {first.get('layer', '?')}",
+             f"- {first.get('n_before', '?')} fixed tokens, K soft slots, {first.get('n_after', '?')} fixed tokens; "
+             f"{cfg['kind']} targets" + (f" (c = {', '.join(f'{c:g}' for c in cfg['coefficients'])}, "
+                                         f"{cfg['direction']} direction)" if cfg["kind"] == "steered" else "")
+             + f", {cfg['targets']} texts, {cfg['restarts']} restart(s), at most {cfg['optim']['steps']} steps",
+             f"- norm budget {cfg['norm_budget']} x the mean token-embedding norm; fidelity threshold cos >= "
+             f"{cfg['fidelity']}",
+             "- baselines: random tokens in the slots (the floor) and the text's own tokens there (the clean text); "
+             "KL and top-1 compare next-token predictions at the steered positions with the target's "
+             "(the target patched in at layer L). The copy route does not exist here: the steered positions hold "
+             "fixed text.", ""]
+    for sweep, (title, xlabel) in SWEEP_TITLES.items():
+        chosen = [p for p in points if p[1].get("sweep") == sweep]
+        if not chosen:
+            continue
+        rows = [[str(c["sweep_value"])] + point_row(problems) for _, c, problems in chosen]
+        figure = plot_sweep(chosen, out / f"steer_{sweep}.png", title, xlabel)
+        lines += [f"## {title}", "", *table([xlabel] + COLUMNS, rows), "", f"![{title}]({figure.name})", ""]
+        if sweep == "k":
+            ks = smallest_k(points, cfg["fidelity"])
+            found = [k for k in ks if k is not None]
+            lines += [f"Smallest K reaching cos >= {cfg['fidelity']}: " + ", ".join("-" if k is None else str(k) for k in ks)
+                      + f" (median over texts that reached it: {statistics.median(found) if found else '-'}; "
+                      f"{len(ks) - len(found)} of {len(ks)} never did).", ""]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

@@ -1,0 +1,1 @@
+"""Soft vectors around fixed text: steer the residuals of text the attacker does not own (`softreach run steer`)."""

@@ -1,0 +1,152 @@
+"""The settings of a steering run (torch-free, like ../config.py; the CLI follows from them)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from ..budget import budget_label, parse_budget
+from ..config import DEFAULT_CORPUS, DEFAULT_MODEL, OptimConfig, as_dict, check_choices
+from ..errors import UserError
+
+SWEEPS = ("k", "m", "distance")
+# A layout's fixed text (before, after the slots) when --before/--after are not given.
+LAYOUT_LENGTHS = {"prefix": (0, 100), "infix": (50, 50), "suffix": (100, 4)}
+# Steering runs take fewer steps than free reachability (the input is short and at token scale).
+STEER_OPTIM = dict(steps=300, lr=0.05, start="random", prune_after=0, skip_pos0=False)
+
+
+@dataclass
+class SteerConfig:
+    """Soft vectors in K slots around fixed corpus text, optimised so the layer-L residuals of chosen text
+    positions after the slots reach a target. The copy route is closed there: only attention carries the
+    soft vectors' influence."""
+
+    model: str = DEFAULT_MODEL
+    """Hub id, local model folder, .gguf file, or smollm2-135m (the embedded default)."""
+    layer: Optional[int] = None
+    """Layer L = hidden_states[L], the output of block L-1; default n_layers // 2."""
+    layout: Literal["prefix", "infix", "suffix"] = "prefix"
+    """Where the soft slots sit: prefix (before all the text), infix (inside it) or suffix (after it, followed
+    by a short fixed tail whose residuals are steered, like a chat template's turn marker)."""
+    soft: int = 20
+    """K: soft vectors (slots)."""
+    before: Optional[int] = None
+    """Fixed tokens before the slots (default by layout: prefix 0, infix 50, suffix 100)."""
+    after: Optional[int] = None
+    """Fixed tokens after the slots, where the steered positions are (default by layout: prefix 100, infix
+    50, suffix 4)."""
+    steer: str = "last"
+    """Steered positions among the text after the slots: last, last:M (M positions) or all."""
+    distance: Optional[int] = None
+    """Distance from the last slot to the first steered position (1 = the next token); default: the steered
+    positions end at the text's last token."""
+    kind: Literal["steered", "real", "random"] = "steered"
+    """Targets: steered (the clean residual plus c * |clean| * a unit direction), real (the residuals when the
+    slots hold another text's tokens: reachable by tokens, which are saved), random (norm-matched noise)."""
+    coefficients: tuple = (0.5,)
+    """steered: the coefficients c (each text is a problem at every c)."""
+    direction: Literal["random", "mean_diff"] = "random"
+    """steered: a random unit direction per text, or the mean residual of --direction-a minus --direction-b."""
+    direction_a: Optional[str] = None
+    """mean_diff: text file of the class the direction points to."""
+    direction_b: Optional[str] = None
+    """mean_diff: text file of the class it points away from."""
+    targets: int = 8
+    """Texts (templates) drawn from the corpus."""
+    restarts: int = 1
+    """Starts per problem: the text's own tokens first, then random vectors; the best is kept."""
+    norm_budget: float = field(default=1.0, metadata={"flag": "--norm-budget"})
+    """Cap on each soft vector's norm in units of the mean token-embedding norm (inf = free)."""
+    fidelity: float = 0.95
+    """The cosine a problem must reach to count as steered (smallest K reaching it: the text-target distance)."""
+    sweep: tuple = ()
+    """Sweeps to run in one folder, comma-separated: k, m, distance (empty: one result folder)."""
+    k_values: tuple = (1, 2, 4, 8, 16, 32)
+    """K sweep: the numbers of soft slots."""
+    m_values: tuple = ("1", "5", "10", "20", "all")
+    """M sweep: the numbers of steered positions (last M; all = every position after the slots)."""
+    distances: tuple = (1, 2, 5, 10, 20, 50, 100)
+    """Distance sweep: distances of one steered position from the last slot (those beyond the text are dropped)."""
+    downstream: bool = True
+    """Also compare the next-token distributions at the steered positions (KL, top-1) with the target's."""
+    seed: int = 0
+    """Seed for texts, directions, starts and random-token draws."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to compute."""
+    corpus: str = DEFAULT_CORPUS
+    """default (CPython's pydoc topics), wikitext2, or a path to a UTF-8 text file."""
+    floor_draws: int = 4
+    """Random-token draws in the slots per problem for the floor."""
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(**STEER_OPTIM))
+
+    def __post_init__(self):
+        if isinstance(self.optim, dict):
+            self.optim = OptimConfig(**{**STEER_OPTIM, **self.optim})
+        check_choices(self)
+        self.norm_budget = parse_budget(self.norm_budget)
+        self.coefficients = _tuple(self.coefficients, float, "coefficients")
+        self.k_values = tuple(sorted(set(_tuple(self.k_values, int, "k-values"))))
+        self.m_values = tuple(str(m) for m in _tuple(self.m_values, str, "m-values"))
+        self.distances = tuple(sorted(set(_tuple(self.distances, int, "distances"))))
+        sweep = self.sweep.split(",") if isinstance(self.sweep, str) else self.sweep
+        sweep = [s.strip() for s in sweep if str(s).strip()]
+        unknown = [s for s in sweep if s not in SWEEPS]
+        if unknown:
+            raise UserError(f"unknown sweep {unknown[0]!r}: choose from {', '.join(SWEEPS)}")
+        self.sweep = tuple(s for s in SWEEPS if s in sweep)
+        if self.soft < 1 or any(k < 1 for k in self.k_values):
+            raise UserError("--soft and every --k-values must be at least 1")
+        for m in self.m_values:
+            if m != "all" and not (m.isdigit() and int(m) >= 1):
+                raise UserError(f"--m-values takes positive integers or all, got {m!r}")
+        if any(d < 1 for d in self.distances) or (self.distance is not None and self.distance < 1):
+            raise UserError("distances must be at least 1 (1 = the token right after the slots)")
+        if self.before is not None and self.before < 0 or self.after is not None and self.after < 1:
+            raise UserError("--before must be >= 0 and --after >= 1 (the steered positions are after the slots)")
+        steered_count(self.steer, 10**9)  # refuses a malformed --steer
+        if self.kind == "steered" and self.direction == "mean_diff" and not (self.direction_a and self.direction_b):
+            raise UserError("--direction mean_diff needs --direction-a and --direction-b (two text files)")
+        if self.targets < 1 or self.restarts < 1 or self.floor_draws < 0:
+            raise UserError("--targets and --restarts must be at least 1, --floor-draws >= 0")
+        if not 0 < self.fidelity <= 1:
+            raise UserError(f"--fidelity must be in (0, 1], got {self.fidelity}")
+        if any(not math.isfinite(c) for c in self.coefficients):
+            raise UserError("--coefficients must be finite")
+
+    @property
+    def lengths(self) -> tuple[int, int]:
+        """(fixed tokens before the slots, after them)."""
+        before, after = LAYOUT_LENGTHS[self.layout]
+        return (before if self.before is None else self.before, after if self.after is None else self.after)
+
+    def to_dict(self) -> dict:
+        out = as_dict(self)
+        out["norm_budget"] = budget_label(self.norm_budget)
+        return out
+
+
+def steered_count(steer: str, after: int) -> int:
+    """How many positions `steer` picks among `after` positions: last -> 1, last:M -> M, all -> after."""
+    if steer == "all":
+        return after
+    if steer == "last":
+        return 1
+    head, _, m = steer.partition(":")
+    if head != "last" or not m.isdigit() or int(m) < 1:
+        raise UserError(f"--steer must be last, last:M (M >= 1) or all, got {steer!r}")
+    return int(m)
+
+
+def _tuple(values, kind, flag: str) -> tuple:
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v.strip()]
+    if isinstance(values, (int, float)):
+        values = [values]
+    try:
+        out = tuple(kind(str(v).strip()) if kind is not float else float(v) for v in values)
+    except (TypeError, ValueError):
+        raise UserError(f"--{flag} needs {kind.__name__} values, got {values!r}") from None
+    if not out:
+        raise UserError(f"--{flag} needs at least one value")
+    return out
