@@ -1,11 +1,9 @@
 """The constraint ladder on a tiny saved model: verifiable folders, frontier table and figure, resume, CLI."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import verify
 from safetensors.torch import load_file
 
 from softreach.cli import main
@@ -16,7 +14,6 @@ from softreach.plots.ladder import frontier_figure
 from softreach.report.ladder import frontier_table, load_frontier
 from softreach.targets import residuals_of_tokens
 
-VERIFY = Path(__file__).resolve().parents[2] / "shared" / "checks" / "verify_run.py"
 ALL = ["free", "norm_bound", "nearest_penalty", "mixture", "projected", "gcg", "projection", "random_tokens",
        "own_tokens"]
 FOLDERS = ["free", "norm_bound_c1", "norm_bound_c4", "nearest_penalty_w0.1", "mixture_tau1", "mixture_tau1_argmax",
@@ -25,18 +22,6 @@ DISCRETE = ["mixture_tau1_argmax", "projected", "gcg", "projection", "random_tok
 SETTINGS = dict(steps=8, norm_bounds=(1, 4), penalty_weights=(0.1,), gcg_budget=20, gcg_candidates=6, gcg_top_k=4,
                 floor_draws=2)
 LAYER = 2
-
-
-def verify(folders) -> dict:
-    """verify_run's exit code per folder, all checked in one subprocess (one transformers import)."""
-    code = ("import runpy, sys\nfor f in sys.argv[2:]:\n    sys.argv = ['verify_run.py', f]\n    try:\n"
-            "        runpy.run_path(sys.argv_script, run_name='__main__')\n    except SystemExit as e:\n"
-            "        print('EXIT', f, e.code)\n").replace("sys.argv_script", repr(str(VERIFY)))
-    proc = subprocess.run([sys.executable, "-c", code, "x", *map(str, folders)], capture_output=True, text=True,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-    codes = {line.split()[1]: int(line.split()[2]) for line in proc.stdout.splitlines() if line.startswith("EXIT")}
-    assert len(codes) == len(folders), proc.stdout + proc.stderr
-    return {Path(k).name: (v, proc.stdout) for k, v in codes.items()}
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,12 @@ Quick use from Python::
                              cap=sr.absolute_cap(lm, 1.0))  # inputs within 1 x the mean token norm
     print(res.summary["cos_no_pos0"]["median"], res.summary["copy_cos_no_pos0"]["median"])
 
+Soft slots around fixed text (the residuals of text the soft vectors do not own)::
+
+    cfg = sr.SteerConfig(layout="prefix", soft=20, after=100, steer="last:5", targets=4)
+    res, config = sr.run_steer(cfg, out=None, lm=lm)["results"][""]   # out=None: in memory, no folder
+    print(res.summary["cos"]["mean"], res.summary["own_cos"]["mean"], res.summary["floor_cos"]["mean"])
+
 Names are imported on first use, so `import softreach` (and the command line's help) stays fast.
 """
 __version__ = "0.1.0"
@@ -25,6 +31,8 @@ _API = {  # name -> module that defines it
     "initial_prompts": "optimize", "optimise": "optimize",
     "all_layer_residuals": "residual", "residual_at": "residual",
     "residuals_of_tokens": "targets", "tokenize_windows": "targets",
+    "SteerConfig": "steer.config", "run_steer": "steer.run", "TextFrame": "frame", "frame_residual": "frame",
+    "frame_residual_of_tokens": "frame",
 }
 __all__ = sorted(_API)
 

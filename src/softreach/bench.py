@@ -137,6 +137,43 @@ def bench_workload(name: str, lm: LoadedModel, layer: int, problems: int, seq_le
     return {"workload": name, "layer": layer, "problems": problems, "seq_len": seq_len, "rows": rows}
 
 
+def bench_steer(lm: LoadedModel, layer: int, problems: int, steps: int, batch_size: int, log=print,
+                n_before: int = 100, soft: int = 20, n_after: int = 4) -> dict:
+    """Soft slots after fixed text (the suffix layout): one problem at a time on the full input, all problems
+    batched on the full input, and batched with the text before the slots cached (the engine's way)."""
+    from .frame import TextFrame
+
+    g = torch.Generator().manual_seed(0)
+    ids = lm.ordinary_token_ids()
+    before = ids[torch.randint(0, ids.numel(), (problems, n_before), generator=g)]
+    after = ids[torch.randint(0, ids.numel(), (problems, n_after), generator=g)]
+    positions = torch.arange(n_before + soft, n_before + soft + n_after)
+    targets = torch.randn(problems, n_after, lm.d_model, generator=g)  # [N, P, d]
+    init = initial_prompts([(i, 0) for i in range(problems)], soft, lm.d_model, 1.0, seed=0)
+    cfg = OptimConfig(steps=steps, batch_size=batch_size, early_stop=False, start="random", skip_pos0=False)
+    rows = {}
+    for name, cached, one_at_a_time in (("one problem at a time, full input", False, True),
+                                        ("batched, full input", False, False),
+                                        ("batched, text before the slots cached (engine)", True, False)):
+        frame = TextFrame(before, after, soft, positions, cached=cached)
+        k = min(2, problems) if one_at_a_time else problems
+        run_cfg = replace(cfg, batch_size=1) if one_at_a_time else cfg
+        log(f"[steer] {name}: {k} problems x {steps} steps ...")
+        optimise(lm, layer, targets[:1], init[:1], replace(run_cfg, steps=2), frame=frame.select(slice(0, 1)))  # warm-up
+        _reset_peak(lm.device)
+        _sync(lm.device)
+        start = time.perf_counter()
+        optimise(lm, layer, targets[:k], init[:k], run_cfg, frame=frame.select(slice(0, k)))
+        _sync(lm.device)
+        rows[name] = {"problem_steps_per_s": k * steps / (time.perf_counter() - start), "dtype": "float32",
+                      "peak_memory_bytes": peak_memory_bytes(lm.device)}
+    base = rows["one problem at a time, full input"]["problem_steps_per_s"]
+    for row in rows.values():
+        row["ratio_to_baseline"] = row["problem_steps_per_s"] / base
+    return {"workload": f"steer: {n_before} fixed tokens, {soft} soft slots, {n_after} steered tokens after them",
+            "layer": layer, "problems": problems, "seq_len": n_before + soft + n_after, "rows": rows}
+
+
 SOLVERS = {
     # the defaults before norm budgets and verdicts: N(0,1) start, cosine schedule from lr 0.1, fixed steps
     "previous defaults (random start, cosine lr 0.1)": dict(start="random", schedule="cosine", lr=0.1,
@@ -260,6 +297,11 @@ def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, s
     result = {"machine": machine_description(dev), "device": str(dev), "roofs": roofs, "workloads": [],
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     for name in workloads:
+        if name == "steer":
+            lm = load_model("smollm2-135m", str(dev))
+            result["workloads"].append(bench_steer(lm, lm.default_layer(), problems, steps, batch_size, log))
+            del lm
+            continue
         if name == "pythia":
             lm = random_model("gpt_neox", device=str(dev), **pythia_160m_shape())
             layer, label = 6, "Pythia-160M shape (random weights)"

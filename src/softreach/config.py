@@ -285,9 +285,15 @@ class LadderSettings:
     """Memory a batched step (or a GCG candidate batch) may use, in MiB; None: half of what is free."""
     floor_draws: int = 4
     """Random-token draws per target for the floor."""
+    vocab_percent: tuple = (100.0,)
+    """Restrict every discrete rung and the nearest-token analysis to the p% most frequent corpus tokens;
+    several values run each discrete rung once per p (folders suffixed _v{p}, none for p = 100)."""
 
     def __post_init__(self):
         self.norm_bounds = _floats(self.norm_bounds, "norm-bounds")
+        self.vocab_percent = tuple(dict.fromkeys(_floats(self.vocab_percent, "vocab-percent")))
+        if any(not (math.isfinite(p) and 0 < p <= 100) for p in self.vocab_percent):
+            raise UserError(f"vocabulary percents must be in (0, 100], got {list(self.vocab_percent)}")
         self.penalty_weights = _floats(self.penalty_weights, "penalty-weights")
         self.mixture_taus = _floats(self.mixture_taus, "mixture-taus")
         check_choices(self)
@@ -314,8 +320,11 @@ class LadderSettings:
                            memory_budget_mb=self.memory_budget_mb, schedule=self.schedule, prune_after=0,
                            early_stop=False)
 
-    def to_dict(self) -> dict:
-        return as_dict(self)
+    def to_dict(self) -> dict:  # the default vocabulary is left out, so ladder folders made before it resume
+        out = as_dict(self)
+        if self.vocab_percent == (100.0,):
+            del out["vocab_percent"]
+        return out
 
 
 def _floats(values, flag: str) -> tuple[float, ...]:
@@ -375,7 +384,8 @@ class BenchConfig:
     """The benchmark: the engine against the log's method, on this machine."""
 
     workloads: tuple = ("pythia", "smollm2")
-    """Comma-separated: pythia (Pythia-160M shape, random weights, L=6), smollm2 (embedded model, middle layer)."""
+    """Comma-separated: pythia (Pythia-160M shape, random weights, L=6), smollm2 (embedded model, middle layer),
+    steer (SmolLM2, 20 soft slots after 100 fixed tokens: the cached prefix against the full input)."""
     problems: int = 150
     """Problems per workload."""
     steps: int = 10
@@ -399,8 +409,8 @@ class BenchConfig:
             self.workloads = [w.strip() for w in self.workloads.split(",") if w.strip()]
         self.workloads = tuple(self.workloads)
         for w in self.workloads:
-            if w not in ("pythia", "smollm2"):
-                raise UserError(f"unknown workload {w!r}: choose from pythia, smollm2")
+            if w not in ("pythia", "smollm2", "steer"):
+                raise UserError(f"unknown workload {w!r}: choose from pythia, smollm2, steer")
         check_choices(self)
         if self.problems < 1 or self.steps < 1 or self.baseline_steps < 1 or self.batch_size < 1:
             raise UserError("--problems, --steps, --baseline-steps and --batch-size must be at least 1")

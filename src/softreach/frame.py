@@ -31,6 +31,7 @@ class TextFrame:
     positions: torch.Tensor  # [P] int64 positions of the full input compared with the target
     template: torch.Tensor | None = None  # [R] int64 template of each problem row (default: row i -> i)
     _caches: dict = field(default_factory=dict, repr=False)  # shared by every selection of this frame
+    cached: bool = True  # reuse the text before the slots (False: run the full input, for the benchmark)
 
     def __post_init__(self):
         self.before, self.after = self.before.long().cpu(), self.after.long().cpu()
@@ -65,12 +66,18 @@ class TextFrame:
 
     def select(self, rows: torch.Tensor | slice) -> TextFrame:
         """The frame of a subset of problem rows (same templates, same prefix caches)."""
-        return TextFrame(self.before, self.after, self.soft, self.positions, self.template[rows], self._caches)
+        return TextFrame(self.before, self.after, self.soft, self.positions, self.template[rows], self._caches,
+                         self.cached)
 
     def repeat(self, times: int) -> TextFrame:
         """Each row `times` times in a row (restarts of one problem)."""
         return TextFrame(self.before, self.after, self.soft, self.positions,
-                         self.template.repeat_interleave(times), self._caches)
+                         self.template.repeat_interleave(times), self._caches, self.cached)
+
+    def tile(self, times: int) -> TextFrame:
+        """All rows, `times` times over (draw-major: row j of copy i is row i * R + j)."""
+        return TextFrame(self.before, self.after, self.soft, self.positions, self.template.repeat(times), self._caches,
+                         self.cached)
 
     def context_tensors(self) -> dict[str, torch.Tensor]:
         """What a result folder saves per row: context_before [R, Cb], context_after [R, Ca] (absent when
@@ -122,11 +129,13 @@ def _raise_stop(_module, _inputs, _output):
 
 
 def frame_residual(model: torch.nn.Module, layer: int, frame: TextFrame, soft: torch.Tensor,
-                   ablation: str = "none", use_cache: bool = True) -> torch.Tensor:
+                   ablation: str = "none", use_cache: bool | None = None) -> torch.Tensor:
     """Residual at the frame's positions for soft vectors in its slots: soft [R, K, d] -> [R, P, d].
 
-    Differentiable in `soft`. With use_cache the text before the slots comes from the per-template cache.
+    Differentiable in `soft`. With use_cache (default: frame.cached) the text before the slots comes from the
+    per-template cache.
     """
+    use_cache = frame.cached if use_cache is None else use_cache
     blocks = decoder_blocks(model)
     check_layer(layer, len(blocks))
     if soft.shape[0] != frame.rows or soft.shape[1] != frame.soft:

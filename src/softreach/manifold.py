@@ -53,11 +53,21 @@ class TokenTable:
         self.mean_sq_norm = float(2 * self.half_sq.mean())
 
 
-def token_table(lm: LoadedModel) -> TokenTable:
-    """The model's ordinary tokens and their float32 embedding rows."""
+def token_table(lm: LoadedModel, ids: torch.Tensor | None = None) -> TokenTable:
+    """The model's ordinary tokens (or the allowed subset `ids` of them) and their float32 embedding rows.
+
+    mean_norm stays the mean over every ordinary token (the unit of norm budgets), whatever `ids` is.
+    """
     from .budget import mean_token_norm
 
-    ids = lm.ordinary_token_ids().to(lm.device)
+    ordinary = lm.ordinary_token_ids()
+    if ids is None:
+        ids = ordinary
+    else:
+        ids = torch.unique(torch.as_tensor(ids, dtype=torch.long).cpu().flatten())  # ascending
+        if not ids.numel() or not torch.isin(ids, ordinary).all():
+            raise UserError("allowed tokens must be a non-empty set of ordinary (non-special) token ids")
+    ids = ids.to(lm.device)
     return TokenTable(ids=ids, emb=lm.embedding_matrix.detach().float()[ids], mean_norm=mean_token_norm(lm))
 
 

@@ -9,6 +9,8 @@ One target at a time. Each iteration:
      result is never worse than the start).
 The budget is in forward passes per target: the start's evaluation, each gradient pass and each
 candidate count one; the search stops before it would exceed the budget.
+With a `frame` (fixed text around K soft slots) only the slot tokens are searched and the loss is over
+the frame's positions (position 0 never left out).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .errors import UserError
+from .frame import TextFrame, frame_residual
 from .memory import batch_for_budget
 from .metrics import reachability_loss
 from .models import LoadedModel
@@ -65,51 +68,67 @@ class GCGResult:
 
 @torch.no_grad()
 def evaluate_ids(lm: LoadedModel, layer: int, ids: torch.Tensor, target: torch.Tensor, optim: OptimConfig,
-                 batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss and mean cosine of token sequences ids [C, T] against one target [T, d]: ([C], [C]) on CPU."""
+                 batch: int, frame: TextFrame | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss and mean cosine of token sequences ids [C, T] against one target [T, d]: ([C], [C]) on CPU.
+
+    With a one-row `frame`, ids [C, K] fill its slots and target [P, d] is compared at its positions."""
     losses, coses = [], []
     for lo in range(0, ids.shape[0], batch):
         chunk = ids[lo : lo + batch].to(lm.device)  # [c, T]
-        h = residual_at(lm.model, layer, input_ids=chunk).float()  # [c, T, d]
+        if frame is None:
+            h = residual_at(lm.model, layer, input_ids=chunk).float()  # [c, T, d]
+        else:
+            soft = lm.model.get_input_embeddings()(chunk)  # [c, K, d]
+            h = frame_residual(lm.model, layer, frame.repeat(chunk.shape[0]), soft).float()  # [c, P, d]
         tgt = target.to(h.device).float().expand_as(h)
-        loss, cos = reachability_loss(h, tgt, optim.mse_weight, optim.skip_pos0, optim.mse_norm)
+        loss, cos = reachability_loss(h, tgt, optim.mse_weight, optim.skip_pos0 and frame is None, optim.mse_norm)
         losses.append(loss.cpu())
         coses.append(cos.cpu())
     return torch.cat(losses), torch.cat(coses)
 
 
 def token_gradient(lm: LoadedModel, layer: int, rows: torch.Tensor, target: torch.Tensor, optim: OptimConfig,
-                   emb: torch.Tensor) -> torch.Tensor:
+                   emb: torch.Tensor, frame: TextFrame | None = None) -> torch.Tensor:
     """Gradient of the loss w.r.t. one-hot indicators over the table rows: rows [T] -> [T, V'].
 
-    rows index the token table `emb` [V', d]; the forward sees one_hot @ emb = the tokens' embeddings.
+    rows index the token table `emb` [V', d]; the forward sees one_hot @ emb = the tokens' embeddings
+    (with a one-row `frame`: in its K slots, target [P, d] at its positions).
     """
     one_hot = torch.zeros(1, rows.numel(), emb.shape[0], device=emb.device)  # [1, T, V']
     one_hot[0, torch.arange(rows.numel()), rows.to(emb.device)] = 1.0
     one_hot.requires_grad_(True)
-    h = residual_at(lm.model, layer, inputs_embeds=one_hot @ emb).float()  # [1, T, d]
-    loss, _ = reachability_loss(h, target.to(h.device).float()[None], optim.mse_weight, optim.skip_pos0,
-                                optim.mse_norm)
+    if frame is None:
+        h = residual_at(lm.model, layer, inputs_embeds=one_hot @ emb).float()  # [1, T, d]
+    else:
+        h = frame_residual(lm.model, layer, frame, one_hot @ emb).float()  # [1, P, d]
+    loss, _ = reachability_loss(h, target.to(h.device).float()[None], optim.mse_weight,
+                                optim.skip_pos0 and frame is None, optim.mse_norm)
     (grad,) = torch.autograd.grad(loss.sum(), one_hot)
     return grad[0]
 
 
 def gcg_search(lm: LoadedModel, layer: int, targets: torch.Tensor, init_ids: torch.Tensor, cfg: GCGConfig,
-               optim: OptimConfig, table: TokenTable, seed: int, progress=None) -> GCGResult:
+               optim: OptimConfig, table: TokenTable, seed: int, progress=None,
+               frame: TextFrame | None = None) -> GCGResult:
     """Search token sequences for targets [N, T, d] from init_ids [N, T] (ordinary token ids).
 
-    `table` holds the ordinary tokens and their embeddings (manifold.token_table); `optim` gives
+    `table` holds the allowed tokens and their embeddings (manifold.token_table); `optim` gives
     the loss (mse_weight, skip_pos0, mse_norm). `progress(forward_passes, cos)` is called per iteration.
+    With a `frame` of N rows the search is over its K slot tokens: init_ids [N, K], targets [N, P, d].
     """
-    n, t, _ = targets.shape
+    n = targets.shape[0]
+    t = targets.shape[1] if frame is None else frame.soft
+    if frame is not None and (frame.rows != n or targets.shape[1] != frame.positions.numel()):
+        raise UserError(f"targets {tuple(targets.shape)} do not fit a frame of {frame.rows} rows x "
+                        f"{frame.positions.numel()} positions")
     if init_ids.shape != (n, t):
         raise UserError(f"initial tokens {tuple(init_ids.shape)} do not match targets {tuple(targets.shape)}")
     table_ids = table.ids.cpu()  # [V'] ascending
     rows_of = lambda ids: torch.searchsorted(table_ids, ids)  # noqa: E731  ordinary id -> table row
     if not torch.equal(table_ids[rows_of(init_ids).clamp(max=table_ids.numel() - 1)], init_ids.cpu()):
-        raise UserError("initial tokens must be ordinary (non-special) token ids")
+        raise UserError("initial tokens must be allowed (ordinary, in the table) token ids")
     memory = None if cfg.memory_budget_mb is None else int(cfg.memory_budget_mb * 2**20)
-    batch = batch_for_budget(lm, layer, t, cfg.candidates, memory)  # candidates per forward batch
+    batch = batch_for_budget(lm, layer, t if frame is None else frame.seq_len, cfg.candidates, memory)  # candidates per forward batch
     top_k = min(cfg.top_k, table_ids.numel())
     out = GCGResult(ids=init_ids.clone().long().cpu(), loss=[], cos=[], start_loss=[], forward_passes=[],
                     seconds=[], iterations=[], accepted=[], candidate_batch=batch)
@@ -117,13 +136,14 @@ def gcg_search(lm: LoadedModel, layer: int, targets: torch.Tensor, init_ids: tor
         start = time.perf_counter()
         g = torch.Generator().manual_seed(seed * 1_000_003 + i)
         ids = init_ids[i].long().cpu().clone()  # [T]
-        loss, cos = (x[0] for x in evaluate_ids(lm, layer, ids[None], targets[i], optim, batch))
+        row = None if frame is None else frame.select(slice(i, i + 1))
+        loss, cos = (x[0] for x in evaluate_ids(lm, layer, ids[None], targets[i], optim, batch, row))
         passes, iterations, accepted, curve = 1, 0, 0, []
         out.start_loss.append(float(loss))
         if progress:
             progress(1, float(cos))
         while passes + 2 <= cfg.budget:  # room for a gradient pass and at least one candidate
-            grad = token_gradient(lm, layer, rows_of(ids), targets[i], optim, table.emb)  # [T, V']
+            grad = token_gradient(lm, layer, rows_of(ids), targets[i], optim, table.emb, row)  # [T, V']
             passes += 1
             top = (-grad).topk(top_k, dim=1).indices.cpu()  # [T, k] table rows
             count = min(cfg.candidates, cfg.budget - passes)
@@ -131,7 +151,7 @@ def gcg_search(lm: LoadedModel, layer: int, targets: torch.Tensor, init_ids: tor
             pick = torch.randint(0, top_k, (count,), generator=g)  # [C]
             cands = ids.repeat(count, 1)  # [C, T]
             cands[torch.arange(count), pos] = table_ids[top[pos, pick]]
-            c_loss, c_cos = evaluate_ids(lm, layer, cands, targets[i], optim, batch)  # [C], [C]
+            c_loss, c_cos = evaluate_ids(lm, layer, cands, targets[i], optim, batch, row)  # [C], [C]
             passes += count
             iterations += 1
             j = int(c_loss.argmin())

@@ -28,6 +28,7 @@ def main(a) -> int:
           f"{cfg.kind} targets, norm budget {cfg.to_dict()['norm_budget']}\n")
     from ..report.steer import points_table
 
-    print(points_table(done["out"], single=not cfg.sweep))
-    print(f"\nresults in {done['out']}" + (f", report {done['out'] / 'report.md'}" if cfg.sweep else ""))
+    many = bool(cfg.sweep or cfg.rungs)
+    print(points_table(done["out"], single=not many))
+    print(f"\nresults in {done['out']}" + (f", report {done['out'] / 'report.md'}" if many else ""))
     return 0

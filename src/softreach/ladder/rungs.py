@@ -14,6 +14,7 @@ import torch
 from ..config import RUNGS, LadderSettings
 from ..constraints import NearestPenalty, NormBound, StraightThrough, TokenMixture
 from ..errors import UserError
+from ..frame import TextFrame, frame_residual_of_tokens
 from ..manifold import TokenTable, nearest_rows, token_table
 from ..metrics import reachability_loss
 from ..models import LoadedModel
@@ -22,6 +23,12 @@ from ..targets import residuals_of_tokens
 from ..token_search import GCGConfig, gcg_search
 
 _SETTING_PREFIX = {"norm_bound": "c", "nearest_penalty": "w", "mixture": "tau"}
+VOCAB_RUNGS = ("projection", "projected", "gcg", "random_tokens")  # run once per LadderSettings.vocab_percent
+
+
+def vocab_suffix(percent: float) -> str:
+    """Folder suffix of a rung restricted to the percent% most frequent tokens: "" at 100, else "_v10"."""
+    return "" if float(percent) == 100.0 else f"_v{float(percent):g}"
 
 
 def setting_name(rung: str, value: float | None) -> str:
@@ -79,8 +86,11 @@ def _optimise(lm, layer, targets, init, cfg: OptimConfig, param: InputParam, pro
 def run_rung(lm: LoadedModel, layer: int, targets: torch.Tensor, rung: str, value: float | None,
              settings: LadderSettings, seed: int, table: TokenTable | None = None,
              tokens: torch.Tensor | None = None, free: RungOutput | None = None,
-             projected: RungOutput | None = None, progress=None) -> dict[str, RungOutput]:
+             projected: RungOutput | None = None, progress=None, vocab_percent: float = 100.0) -> dict[str, RungOutput]:
     """Run one rung setting on targets [N, T, d]; returns {folder name: output}.
+
+    `table` holds the tokens the rung may use (for a VOCAB_RUNGS rung restricted to vocab_percent%, the
+    restricted table; vocab_percent only names its folder).
 
     `mixture` gives two outputs: the continuous mixture and its argmax tokens ("..._argmax").
     `projection` needs the free rung's output (`free`); `own_tokens` the targets' tokens [N, T];
@@ -90,7 +100,7 @@ def run_rung(lm: LoadedModel, layer: int, targets: torch.Tensor, rung: str, valu
     n, t, _ = targets.shape
     if rung in _SETTING_PREFIX and value is None:
         raise UserError(f"rung {rung} needs a setting value")
-    name = setting_name(rung, value)
+    name = setting_name(rung, value) + (vocab_suffix(vocab_percent) if rung in VOCAB_RUNGS else "")
 
     if rung == "free":
         res, secs = _optimise(lm, layer, targets, start_vectors(lm, table, n, t, settings, seed),
@@ -130,7 +140,8 @@ def run_rung(lm: LoadedModel, layer: int, targets: torch.Tensor, rung: str, valu
         return {name: cont, f"{name}_argmax": disc}
 
     if rung == "projected":
-        return {name: _run_projected(lm, layer, targets, settings, seed, table, progress)}
+        init = start_vectors(lm, table, n, t, settings, seed)  # [N, T, d]
+        return {name: run_pez(lm, layer, targets, init, settings.optim(settings.projected_lr), table, progress)}
 
     if rung == "gcg":
         if settings.gcg_init == "projected":
@@ -169,17 +180,17 @@ def run_rung(lm: LoadedModel, layer: int, targets: torch.Tensor, rung: str, valu
     return {name: RungOutput(_embed(lm, ids), ids, list(extra_passes), [b + secs for b in base])}
 
 
-def _run_projected(lm, layer, targets, settings: LadderSettings, seed: int, table: TokenTable, progress) -> RungOutput:
-    """PEZ: optimise through the straight-through projection; keep the best ids seen (by loss).
+def run_pez(lm, layer: int, targets: torch.Tensor, init: torch.Tensor, cfg: OptimConfig, table: TokenTable,
+            progress=None, frame: TextFrame | None = None) -> RungOutput:
+    """PEZ from init [N, T, d]: optimise through the straight-through projection onto `table`; keep the
+    best ids seen (by loss). With a `frame`, the vectors fill its slots (init [N, K, d], targets [N, P, d]).
 
     The ids of every step are scored by the engine's loss curve; the ids after the last step take one
     more forward (counted: steps + 1 forward passes).
     """
-    n, t, _ = targets.shape
-    cfg = settings.optim(settings.projected_lr)
+    n = targets.shape[0]
     param = StraightThrough(table)
-    init = start_vectors(lm, table, n, t, settings, seed)  # [N, T, d]
-    res = optimise(lm, layer, targets, init, cfg, progress=progress, param=param)
+    res = optimise(lm, layer, targets, init, cfg, progress=progress, param=param, frame=frame)
     start = time.perf_counter()
     # history: for each chunk of the batch, `steps` entries of [b, T]; rebuild [S, N, T]
     steps = cfg.steps
@@ -188,8 +199,12 @@ def _run_projected(lm, layer, targets, settings: LadderSettings, seed: int, tabl
     if len(param.history) % steps or hist.shape[1] != n:
         raise RuntimeError(f"projected rung: {len(param.history)} recorded forwards do not match {steps} steps x {n}")
     final_ids = param.nearest_ids(res.extra["param"].to(lm.device)).cpu()  # [N, T] after the last step
-    achieved = residuals_of_tokens(lm, final_ids, layer)
-    final_loss, _ = reachability_loss(achieved, targets.float(), cfg.mse_weight, cfg.skip_pos0, cfg.mse_norm)
+    if frame is None:
+        achieved = residuals_of_tokens(lm, final_ids, layer)
+    else:
+        achieved = frame_residual_of_tokens(lm.model, layer, frame, final_ids)
+    final_loss, _ = reachability_loss(achieved, targets.float(), cfg.mse_weight, cfg.skip_pos0 and frame is None,
+                                      cfg.mse_norm)
     best_step = res.loss_curve.argmin(1)  # [N]
     best_loss = res.loss_curve[torch.arange(n), best_step]  # [N]
     ids = hist[best_step, torch.arange(n)]  # [N, T]

@@ -19,7 +19,8 @@ from ..report.ladder import MARKER, write_frontier, write_ladder_report
 from ..results.folder import is_done, read_problems, resolved_config, write_condition
 from ..results.markers import open_marked_folder
 from ..targets import corpus_targets, residuals_of_tokens
-from .rungs import RungOutput, rung_settings, run_rung
+from ..vocab import frequent_tokens
+from .rungs import VOCAB_RUNGS, RungOutput, rung_settings, run_rung, vocab_suffix
 
 TITLE = "Constrained reachability"
 _NO_BAR = ("projection", "random_tokens", "own_tokens")  # rungs with nothing to optimise: no progress bar
@@ -85,8 +86,11 @@ def _ordered(rungs: list[str]) -> list[str]:
 
 def run_ladder(lm: LoadedModel, layer: int, targets: torch.Tensor, tokens: torch.Tensor | None, rungs: list[str],
                settings: LadderSettings, seed: int, out_dir, overwrite: bool = False, show_progress: bool = False,
-               model_spec: str | None = None) -> Path:
+               model_spec: str | None = None, vocab_corpus=None) -> Path:
     """Run every setting of every rung on targets [N, T, d] into result folders under out_dir.
+
+    vocab_corpus (text or token ids) ranks the tokens when settings.vocab_percent restricts the discrete
+    rungs (VOCAB_RUNGS) to the most frequent ones; each runs once per percent (folders `gcg_v10`, ...).
 
     tokens [N, T]: the targets' own tokens when the targets are real-text residuals (else None; then
     own_tokens cannot run). A folder already written by an identical earlier call is kept (resume); a
@@ -97,53 +101,64 @@ def run_ladder(lm: LoadedModel, layer: int, targets: torch.Tensor, tokens: torch
         raise UserError("the own_tokens rung needs targets taken from text (their tokens)")
     if tokens is not None and tokens.shape != targets.shape[:2]:
         raise UserError(f"tokens {tuple(tokens.shape)} do not match targets {tuple(targets.shape)}")
+    restricted = settings.vocab_percent != (100.0,)
+    if restricted and vocab_corpus is None and any(r in VOCAB_RUNGS for r in rungs):
+        raise UserError("vocab_percent below 100 needs a corpus to rank the tokens by frequency")
     out = Path(out_dir)
     open_marked_folder(out, MARKER, _marker(lm, layer, targets, seed, settings), "ladder", overwrite)
     table = token_table(lm)
+    tables = {p: table if p == 100 else token_table(lm, frequent_tokens(lm, vocab_corpus, p))
+              for p in (settings.vocab_percent if restricted else (100.0,))}
     n, t, _ = targets.shape
     floor = random_token_floor(lm, targets, layer, seed, settings.floor_draws) if settings.floor_draws else {}
     made: dict[str, RungOutput] = {}
 
-    def need(rung: str) -> RungOutput:
+    def need(rung: str, p: float = 100.0) -> RungOutput:
         """The output a later rung builds on: from this run, from its folder, or computed now (not written)."""
-        name = rung_settings(rung, settings)[0][0]
+        name = rung_settings(rung, settings)[0][0] + (vocab_suffix(p) if rung in VOCAB_RUNGS else "")
         if name not in made:
             if is_done(out / name):
                 made[name] = _load_output(out / name)
             else:
-                made.update(run_rung(lm, layer, targets, rung, None, settings, seed, table, tokens))
+                made.update(run_rung(lm, layer, targets, rung, None, settings, seed,
+                                     tables[p] if rung in VOCAB_RUNGS else table, tokens, vocab_percent=p))
         return made[name]
 
-    for rung in rungs:
-        for name, value in rung_settings(rung, settings):
-            names = [name, f"{name}_argmax"] if rung == "mixture" else [name]
-            if all(is_done(out / x) for x in names):
-                continue
-            total = n * (settings.gcg_budget if rung == "gcg" else settings.steps)
-            with StepBar(total, f"ladder {name}", show_progress and rung not in _NO_BAR) as bar:
-                outputs = run_rung(lm, layer, targets, rung, value, settings, seed, table, tokens,
-                                   free=need("free") if rung == "projection" else None,
-                                   projected=need("projected") if rung == "gcg" and settings.gcg_init == "projected"
-                                   else None, progress=bar.update)
-            made.update(outputs)
-            lr = {"mixture": settings.mixture_lr, "projected": settings.projected_lr}.get(rung, settings.lr)
-            run = RunConfig(model=model_spec or lm.source, layer=layer, targets=n, restarts=1, seq_len=t, seed=seed,
-                            floor_draws=settings.floor_draws, device=str(lm.device.type), optim=settings.optim(lr))
-            for folder, output in outputs.items():
-                result = evaluate_output(lm, layer, targets, output, floor, table)
-                discrete = output.ids is not None
-                for rec in result.problems:
-                    rec.update({"rung": rung, "setting": value, "setting_name": folder, "discrete": discrete})
-                    if tokens is not None:
-                        rec["text"] = lm.tokenizer.decode(tokens[rec["index"]])
-                    if discrete:
-                        rec["solution_text"] = lm.tokenizer.decode(output.ids[rec["index"]])
-                config = resolved_config(run, lm, layer, "ladder")
-                config.update({"condition": folder, "rung": rung, "setting": value, "discrete": discrete,
-                               "ladder": settings.to_dict()})
-                write_condition(out / folder, result, config, f"{TITLE}: {folder}", overwrite=True, tokens=tokens,
-                                extra_tensors={"solution_tokens": output.ids.long().clone()} if discrete else None,
-                                extra_json={"rung.json": output.extra} if output.extra else None)
+    jobs = [(rung, name + (vocab_suffix(p) if rung in VOCAB_RUNGS else ""), value, p)
+            for rung in rungs for p in (tables if rung in VOCAB_RUNGS else (100.0,))
+            for name, value in rung_settings(rung, settings)]
+    for rung, name, value, p in jobs:
+        rung_table = tables[p] if rung in VOCAB_RUNGS else table
+        names = [name, f"{name}_argmax"] if rung == "mixture" else [name]
+        if all(is_done(out / x) for x in names):
+            continue
+        total = n * (settings.gcg_budget if rung == "gcg" else settings.steps)
+        with StepBar(total, f"ladder {name}", show_progress and rung not in _NO_BAR) as bar:
+            outputs = run_rung(lm, layer, targets, rung, value, settings, seed, rung_table, tokens,
+                               free=need("free") if rung == "projection" else None,
+                               projected=need("projected", p) if rung == "gcg" and settings.gcg_init == "projected"
+                               else None, progress=bar.update, vocab_percent=p)
+        made.update(outputs)
+        lr = {"mixture": settings.mixture_lr, "projected": settings.projected_lr}.get(rung, settings.lr)
+        run = RunConfig(model=model_spec or lm.source, layer=layer, targets=n, restarts=1, seq_len=t, seed=seed,
+                        floor_draws=settings.floor_draws, device=str(lm.device.type), optim=settings.optim(lr))
+        for folder, output in outputs.items():
+            result = evaluate_output(lm, layer, targets, output, floor, rung_table)
+            discrete = output.ids is not None
+            vocab = {"vocab_percent": p, "vocab_size": int(rung_table.ids.numel())} \
+                if restricted and rung in VOCAB_RUNGS else {}
+            for rec in result.problems:
+                rec.update({"rung": rung, "setting": value, "setting_name": folder, "discrete": discrete, **vocab})
+                if tokens is not None:
+                    rec["text"] = lm.tokenizer.decode(tokens[rec["index"]])
+                if discrete:
+                    rec["solution_text"] = lm.tokenizer.decode(output.ids[rec["index"]])
+            config = resolved_config(run, lm, layer, "ladder")
+            config.update({"condition": folder, "rung": rung, "setting": value, "discrete": discrete,
+                           "ladder": settings.to_dict(), **vocab})
+            write_condition(out / folder, result, config, f"{TITLE}: {folder}", overwrite=True, tokens=tokens,
+                            extra_tensors={"solution_tokens": output.ids.long().clone()} if discrete else None,
+                            extra_json={"rung.json": output.extra} if output.extra else None)
     write_frontier(out)
     return out
 
@@ -160,8 +175,8 @@ def run_ladder_config(cfg: LadderConfig, out, overwrite: bool = False, show_prog
     start = time.perf_counter()
     lm = load_model(cfg.model, cfg.device)
     layer = lm.layer(cfg.layer)
-    _, tokens, targets, _ = corpus_targets(lm, cfg.corpus, cfg.seq_len, layer, cfg.targets, cfg.seed)
+    windows, tokens, targets, _ = corpus_targets(lm, cfg.corpus, cfg.seq_len, layer, cfg.targets, cfg.seed)
     run_ladder(lm, layer, targets, tokens, list(cfg.rungs), cfg.settings, cfg.seed, out, overwrite=overwrite,
-               show_progress=show_progress, model_spec=cfg.model)
+               show_progress=show_progress, model_spec=cfg.model, vocab_corpus=windows.tokens)
     report = write_ladder_report(out)
     return {"out": out, "report": report, "lm": lm, "layer": layer, "seconds": time.perf_counter() - start}

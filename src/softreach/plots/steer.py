@@ -40,3 +40,28 @@ def plot_sweep(points: list[tuple[str, dict, list[dict]]], path: str | os.PathLi
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     return _save(fig, path)
+
+
+def plot_vocab(by: dict[tuple[str, float], list[dict]], soft_rows: list[dict], path: str | os.PathLike) -> Path:
+    """Cosine of each discrete rung against the vocabulary percent, beside the continuous solution and the
+    random-token floor. by: (rung, percent) -> problems."""
+    fig, (ax,) = _new_figure()
+    values = []
+    for j, rung in enumerate(sorted({r for r, _ in by})):
+        xs = sorted(p for r, p in by if r == rung)
+        ys = [_mean(by[(rung, p)], "cos") for p in xs]
+        ax.plot(xs, ys, marker="o", color=f"C{j + 1}", label=rung)
+        values += ys
+    for label, key, style in (("soft vectors (continuous)", "cos", "-"), ("the text's own tokens", "own_cos", "--"),
+                              ("random tokens (floor)", "floor_cos", ":")):
+        if any(key in r for r in soft_rows):
+            y = _mean(soft_rows, key)
+            ax.axhline(y, color="gray", linestyle=style, linewidth=1, label=label)
+            values.append(y)
+    _cosine_axis(ax, values, label="cosine at the steered positions")
+    ax.set_xscale("log")
+    ax.set_xlabel("vocabulary: % most frequent corpus tokens")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("Real tokens in the slots against vocabulary density", fontsize=10)
+    return _save(fig, path)

@@ -34,12 +34,13 @@ def load_points(out: str | Path) -> list[tuple[str, dict, list[dict]]]:
     out = Path(out)
     found = [(p.name, read_json(p / "config.json"), read_problems(p)) for p in out.iterdir()
              if p.is_dir() and is_done(p)]
-    order = {"k": 0, "m": 1, "distance": 2, None: 3}
+    order = {"k": 0, "m": 1, "distance": 2}
 
     def key(item):
         value = item[1].get("sweep_value")
         number = math.inf if value == "all" else float(value) if value is not None else 0.0
-        return order.get(item[1].get("sweep"), 4), number, item[0]
+        rank = order.get(item[1].get("sweep"), 4 if item[1].get("rung") else 3)
+        return rank, number, item[0]
 
     return sorted(found, key=key)
 
@@ -63,6 +64,43 @@ def smallest_k(points: list[tuple[str, dict, list[dict]]], fidelity: float) -> l
         hit = [k for k, rows in sorted(ks) if rows[i]["cos"] >= fidelity]
         out.append(hit[0] if hit else None)
     return out
+
+
+def rung_section(out: Path, points: list[tuple[str, dict, list[dict]]]) -> list[str]:
+    """Real tokens in the slots against the continuous solution: the frontier table, and cosine against the
+    vocabulary percent where several were run (table and figure)."""
+    from ..plots.steer import plot_vocab
+
+    base = [p for p in points if p[0] == "soft"]
+    rungs = [p for p in points if p[1].get("rung")]
+    if not base or not rungs:
+        return []
+    header = ["inputs in the slots", "vocabulary", "cos (mean)", "cos (median)", "random tokens", "own tokens",
+              "reached", "KL", "top-1", "forward passes"]
+    rows = [["soft vectors (continuous)", "-"] + _frontier_cells(base[0][2])]
+    for name, c, problems in sorted(rungs, key=lambda p: (-p[1]["vocab_percent"], p[0])):
+        rows.append([c["rung"], f"{c['vocab_percent']:g}%"] + _frontier_cells(problems))
+    lines = ["## Real tokens in the slots", "",
+             "The ladder's discrete rungs restricted to the soft slots (the fixed text unchanged): projection (nearest "
+             "token of each continuous slot vector), projected (PEZ), gcg (token search from the text's own tokens), "
+             "each over the p% most frequent corpus tokens.", "", *table(header, rows), ""]
+    percents = sorted({c["vocab_percent"] for _, c, _ in rungs})
+    if len(percents) > 1:
+        by = {(c["rung"], c["vocab_percent"]): problems for _, c, problems in rungs}
+        names = [r for r in ("projection", "projected", "gcg") if any(k[0] == r for k in by)]
+        vrows = [[f"{p:g}%"] + [fmt(_mean(by[(r, p)], "cos")) if (r, p) in by else "-" for r in names]
+                 for p in percents]
+        figure = plot_vocab(by, base[0][2], out / "steer_vocab.png")
+        lines += ["### Vocabulary density", "", *table(["vocabulary"] + names, vrows), "",
+                  f"![cosine against vocabulary]({figure.name})", ""]
+    return lines
+
+
+def _frontier_cells(rows: list[dict]) -> list[str]:
+    return [fmt(_mean(rows, "cos")), fmt(statistics.median(r["cos"] for r in rows)), fmt(_mean(rows, "floor_cos")),
+            fmt(_mean(rows, "own_cos")), pct(_mean(rows, "reached")), fmt(_mean(rows, "kl")), fmt(_mean(rows, "top1"), 2),
+            fmt(_mean(rows, "forward_passes"), 0) if any("forward_passes" in r for r in rows)
+            else fmt(_mean(rows, "steps_run"), 0)]
 
 
 def write_steer_report(out: str | Path) -> Path:
@@ -100,6 +138,7 @@ def write_steer_report(out: str | Path) -> Path:
             lines += [f"Smallest K reaching cos >= {cfg['fidelity']}: " + ", ".join("-" if k is None else str(k) for k in ks)
                       + f" (median over texts that reached it: {statistics.median(found) if found else '-'}; "
                       f"{len(ks) - len(found)} of {len(ks)} never did).", ""]
+    lines += rung_section(out, points)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     return path

@@ -10,10 +10,11 @@ from ..config import DEFAULT_CORPUS, DEFAULT_MODEL, OptimConfig, as_dict, check_
 from ..errors import UserError
 
 SWEEPS = ("k", "m", "distance")
+SLOT_RUNGS = ("projection", "projected", "gcg")
 # A layout's fixed text (before, after the slots) when --before/--after are not given.
 LAYOUT_LENGTHS = {"prefix": (0, 100), "infix": (50, 50), "suffix": (100, 4)}
 # Steering runs take fewer steps than free reachability (the input is short and at token scale).
-STEER_OPTIM = dict(steps=300, lr=0.05, start="random", prune_after=0, skip_pos0=False)
+STEER_OPTIM = dict(steps=300, lr=0.01, start="random", prune_after=0, skip_pos0=False)
 
 
 @dataclass
@@ -68,6 +69,13 @@ class SteerConfig:
     """M sweep: the numbers of steered positions (last M; all = every position after the slots)."""
     distances: tuple = (1, 2, 5, 10, 20, 50, 100)
     """Distance sweep: distances of one steered position from the last slot (those beyond the text are dropped)."""
+    rungs: tuple = ()
+    """Discrete rungs in the slots, run on the base condition (--soft, --steer, --distance), comma-separated:
+    projection (nearest tokens of the soft solution), projected (PEZ), gcg."""
+    vocab_percent: tuple = (100.0,)
+    """The discrete rungs may use only the p% most frequent corpus tokens; each rung runs once per p."""
+    gcg_budget: int = 256
+    """gcg: forward passes per problem."""
     downstream: bool = True
     """Also compare the next-token distributions at the steered positions (KL, top-1) with the target's."""
     seed: int = 0
@@ -95,6 +103,17 @@ class SteerConfig:
         if unknown:
             raise UserError(f"unknown sweep {unknown[0]!r}: choose from {', '.join(SWEEPS)}")
         self.sweep = tuple(s for s in SWEEPS if s in sweep)
+        rungs = self.rungs.split(",") if isinstance(self.rungs, str) else self.rungs
+        rungs = [r.strip() for r in rungs if str(r).strip()]
+        unknown = [r for r in rungs if r not in SLOT_RUNGS]
+        if unknown:
+            raise UserError(f"unknown rung {unknown[0]!r}: choose from {', '.join(SLOT_RUNGS)}")
+        self.rungs = tuple(r for r in SLOT_RUNGS if r in rungs)
+        self.vocab_percent = tuple(dict.fromkeys(_tuple(self.vocab_percent, float, "vocab-percent")))
+        if any(not (math.isfinite(p) and 0 < p <= 100) for p in self.vocab_percent):
+            raise UserError(f"--vocab-percent values must be in (0, 100], got {list(self.vocab_percent)}")
+        if self.gcg_budget < 2:
+            raise UserError(f"--gcg-budget must be at least 2 forward passes, got {self.gcg_budget}")
         if self.soft < 1 or any(k < 1 for k in self.k_values):
             raise UserError("--soft and every --k-values must be at least 1")
         for m in self.m_values:

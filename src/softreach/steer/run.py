@@ -38,9 +38,9 @@ class Point:
 
 def points(cfg: SteerConfig, n_after: int) -> list[Point]:
     """The conditions a config asks for (one when it sweeps nothing); those that do not fit the text are dropped."""
-    if not cfg.sweep:
+    if not cfg.sweep and not cfg.rungs:
         return [Point("", None, None, cfg.soft, cfg.steer, cfg.distance)]
-    out = []
+    out = [Point("soft", None, None, cfg.soft, cfg.steer, cfg.distance)] if cfg.rungs else []
     if "k" in cfg.sweep:
         out += [Point(f"k{k}", "k", k, k, cfg.steer, cfg.distance) for k in cfg.k_values]
     if "m" in cfg.sweep:
@@ -64,15 +64,17 @@ def point_config(lm, layer: int, cfg: SteerConfig, point: Point, frame) -> dict:
     return out
 
 
-def run_steer(cfg: SteerConfig, out: str | Path, lm=None, show_progress: bool = True, overwrite: bool = False) -> dict:
-    """Run every condition of `cfg` (resuming a steer folder); returns {point name: (result, config)} and the model."""
+def run_steer(cfg: SteerConfig, out: str | Path | None, lm=None, show_progress: bool = True,
+              overwrite: bool = False) -> dict:
+    """Run every condition of `cfg`: into a result folder (no sweep), a resumable steer folder (sweeps), or,
+    with out=None, in memory only. Returns {"results": {point name: (ConditionResult or None when resumed,
+    config)}, "lm", "layer", "out"}."""
     from ..models import load_model
 
-    out = Path(out)
-    if not cfg.sweep:
+    out = None if out is None else Path(out)
+    many = bool(cfg.sweep or cfg.rungs)  # a steer folder of result folders, else one result folder
+    if out is not None and not many:
         check_destination(out, overwrite)  # refuse an existing folder before any work
-    else:
-        open_marked_folder(out, "steer.json", cfg.to_dict(), "steer", overwrite, key="config")
     lm = lm or load_model(cfg.model, cfg.device)
     layer = lm.layer(cfg.layer)
     n_before, n_after = cfg.lengths
@@ -88,24 +90,109 @@ def run_steer(cfg: SteerConfig, out: str | Path, lm=None, show_progress: bool = 
     direction = None
     if cfg.kind == "steered" and cfg.direction == "mean_diff":
         direction = mean_difference(lm, layer, cfg.direction_a, cfg.direction_b)
+    if out is not None and many:
+        open_marked_folder(out, "steer.json", cfg.to_dict(), "steer", overwrite, key="config")
     results = {}
+    seen: dict[tuple, Path] = {}  # (K, steered positions) -> the folder that solved them
     for p in wanted:
-        folder = out / p.name if p.name else out
-        if cfg.sweep and is_done(folder):
+        folder = None if out is None else out / p.name if p.name else out
+        if folder is not None and many and is_done(folder):
             results[p.name] = (None, read_json(folder / "config.json"))
+            seen.setdefault((p.soft, tuple(results[p.name][1]["target_positions"])), folder)
+            if p.name == "soft" and cfg.rungs:
+                run_rungs(lm, layer, cfg, p, texts, donors, direction, out, results, show_progress)
             continue
         frame = texts.frame(p.soft, steered_positions(n_before, p.soft, n_after, p.steer, p.distance))
+        same = seen.get((p.soft, tuple(frame.positions.tolist())))
+        if folder is not None and same is not None and is_done(same):  # the same problems: copy, not recompute
+            config = copy_point(same, folder, p)
+            results[p.name] = (None, config)
+            continue
         problems = build_targets(lm, layer, cfg, texts, donors, frame, direction)
         budget = cfg.optim.problem_steps(problems.frame.rows, cfg.restarts)
         with StepBar(budget, p.name or "steer", show_progress) as bar:
             result = solve_steer(lm, layer, cfg, problems, bar.update)
         config = point_config(lm, layer, cfg, p, frame)
-        extra = {**problems.frame.context_tensors(), "own_tokens": problems.own_tokens.long()}
-        write_condition(folder, result, config, f"steer {p.name or ''}".strip(), overwrite and not cfg.sweep,
-                        tokens=problems.source_tokens, extra_tensors=extra)
+        if folder is not None:
+            extra = {**problems.frame.context_tensors(), "own_tokens": problems.own_tokens.long()}
+            write_condition(folder, result, config, f"steer {p.name}".strip(), overwrite and not many,
+                            tokens=problems.source_tokens, extra_tensors=extra)
         results[p.name] = (result, config)
-    if cfg.sweep:
+        if folder is not None:
+            seen[(p.soft, tuple(frame.positions.tolist()))] = folder
+        if p.name == "soft" and cfg.rungs:
+            run_rungs(lm, layer, cfg, p, texts, donors, direction, out, results, show_progress, problems, result)
+    if out is not None and many:
         from ..report.steer import write_steer_report
 
         write_steer_report(out)
     return {"results": results, "lm": lm, "layer": layer, "out": out}
+
+
+def copy_point(source: Path, folder: Path, point: Point) -> dict:
+    """A point whose problems another point already solved (same K and steered positions, hence the same
+    targets, starts and result): its folder copied, config.json naming this point. Written atomically."""
+    import json
+    import os
+    import shutil
+
+    from ..report.summary_md import summary_markdown
+
+    stage = folder.parent / f".{folder.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    shutil.copytree(source, stage)
+    config = read_json(stage / "config.json")
+    config.update(steer=point.steer, distance=point.distance, sweep=point.sweep, sweep_value=point.x,
+                  copied_from=source.name)
+    (stage / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    summary = read_json(stage / "summary.json")
+    (stage / "summary.md").write_text(summary_markdown(f"steer {folder.name}", config, summary), encoding="utf-8")
+    os.replace(stage, folder)
+    return config
+
+
+def run_rungs(lm, layer: int, cfg: SteerConfig, base: Point, texts, donors, direction, out: Path | None,
+              results: dict, show_progress: bool, problems=None, soft_result=None) -> None:
+    """The discrete rungs in the base condition's slots, once per vocabulary percent (folders `gcg`,
+    `gcg_v10`, ...); the continuous solution comes from memory or from the finished `soft` folder."""
+    from safetensors.torch import load_file
+
+    from ..corpus import load_corpus_text
+    from ..ladder.rungs import vocab_suffix
+    from ..results.folder import read_problems
+    from ..vocab import frequent_tokens
+    from .rungs import solve_slot_rung
+
+    n_before, n_after = cfg.lengths
+    frame = texts.frame(base.soft, steered_positions(n_before, base.soft, n_after, base.steer, base.distance))
+    if problems is None:
+        problems = build_targets(lm, layer, cfg, texts, donors, frame, direction)
+    if soft_result is None:
+        soft, base_rows = load_file(str(out / "soft" / "tensors.safetensors"))["soft_prompt"], read_problems(out / "soft")
+    else:
+        soft, base_rows = soft_result.soft_prompt, soft_result.problems
+    corpus = None
+    for percent in cfg.vocab_percent:
+        vocab = None
+        if percent < 100:
+            corpus = corpus if corpus is not None else load_corpus_text(cfg.corpus)
+            vocab = frequent_tokens(lm, corpus, percent)
+        for rung in cfg.rungs:
+            name = rung + vocab_suffix(percent)
+            folder = None if out is None else out / name
+            if folder is not None and is_done(folder):
+                results[name] = (None, read_json(folder / "config.json"))
+                continue
+            per_row = {"gcg": cfg.gcg_budget, "projected": cfg.optim.steps}.get(rung, 0)
+            with StepBar(problems.frame.rows * per_row, name, show_progress and per_row > 0) as bar:
+                result, ids = solve_slot_rung(lm, layer, cfg, problems, rung, soft, base_rows, vocab, percent,
+                                              bar.update)
+            config = point_config(lm, layer, cfg, base, frame)
+            config.update(rung=rung, vocab_percent=percent, norm_budget=None, norm_budget_tokens=None,
+                          discrete=True)  # real tokens: no norm budget applies
+            if folder is not None:
+                extra = {**problems.frame.context_tensors(), "own_tokens": problems.own_tokens.long(),
+                         "solution_tokens": ids.long()}
+                write_condition(folder, result, config, f"steer {name}", False, tokens=problems.source_tokens,
+                                extra_tensors=extra)
+            results[name] = (result, config)

@@ -21,8 +21,7 @@ def random_token_floor(lm, layer: int, frame: TextFrame, target: torch.Tensor, s
     vocab = lm.ordinary_token_ids()
     g = torch.Generator().manual_seed(seed + 104729)
     ids = vocab[torch.randint(0, vocab.numel(), (draws * frame.rows, frame.soft), generator=g)]  # draw-major
-    many = TextFrame(frame.before, frame.after, frame.soft, frame.positions, frame.template.repeat(draws), frame._caches)
-    achieved = frame_residual_of_tokens(lm.model, layer, many, ids).view(draws, frame.rows, *target.shape[1:])
+    achieved = frame_residual_of_tokens(lm.model, layer, frame.tile(draws), ids).view(draws, frame.rows, *target.shape[1:])
     return cos_per_position(achieved, target.unsqueeze(0).expand_as(achieved)).mean((0, 2))
 
 
