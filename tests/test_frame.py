@@ -73,3 +73,19 @@ def test_framed_optimisation_refuses_mismatched_shapes():
     frame = _frame(n=2)
     with pytest.raises(Exception, match="disagree"):
         optimise(lm, 2, torch.randn(2, 3, lm.d_model), torch.randn(2, 3, lm.d_model), OptimConfig(steps=2), frame=frame)
+
+
+def test_early_stopped_rows_leave_and_the_rest_match_running_alone():
+    lm = random_model("llama")
+    frame = _frame(n=3, cb=4, k=3, ca=5, positions=[9, 11])
+    own = torch.randint(2, 100, (3, 3), generator=torch.Generator().manual_seed(1))
+    init = lm.model.get_input_embeddings()(own).detach().clone()
+    init[1:] = torch.randn(2, 3, lm.d_model)
+    target = torch.randn(3, 2, lm.d_model) * 3
+    target[0] = frame_residual_of_tokens(lm.model, 2, frame.select(slice(0, 1)), own[:1])[0]  # reached at step 0
+    cfg = OptimConfig(steps=30, lr=0.1, early_stop=True, schedule="constant", start="random", tol=1e-4)
+    together = optimise(lm, 2, target, init, cfg, frame=frame)
+    assert together.converged[0] and together.steps_run[0] == 1 and together.steps_run[2] == 30
+    alone = optimise(lm, 2, target[2:], init[2:], cfg, frame=frame.select(slice(2, 3)))
+    torch.testing.assert_close(together.soft_prompt[2:], alone.soft_prompt, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(together.loss_curve[2:], alone.loss_curve, atol=1e-5, rtol=1e-4)

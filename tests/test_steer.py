@@ -1,5 +1,6 @@
 """`softreach run steer`: soft slots around fixed text, on tiny random models (saved, so verify_run can load them)."""
 import json
+import re
 
 import pytest
 import torch
@@ -196,3 +197,18 @@ def test_a_point_already_solved_is_copied_not_recomputed(tiny_model_dir, tmp_pat
     assert k2 == m1  # K = 2, last position: the same problems
     assert json.loads((out / "m1" / "config.json").read_text())["copied_from"] == "k2"
     assert verify([out / "m1"])["m1"][0] == 0
+
+
+def test_steer_keeps_its_own_optimiser_defaults_when_one_is_overridden(capsys):
+    from softreach.cli.args import settings
+    from softreach.cli.main import build_parser
+    from softreach.steer.config import STEER_OPTIM
+
+    a = build_parser().parse_args(["run", "steer", "--out", "x", "--steps", "50", "--set", "optim.tol=0.01"])
+    cfg = settings(a, SteerConfig)
+    assert cfg.optim.steps == 50 and cfg.optim.tol == 0.01
+    assert cfg.optim.lr == STEER_OPTIM["lr"] and cfg.optim.skip_pos0 is False  # not OptimConfig's 0.2 / True
+    with pytest.raises(SystemExit):
+        main(["run", "steer", "--help"])
+    shown = re.search(r"--lr LR\s+Adam learning rate.*?\(default: ([^)]*)\)", capsys.readouterr().out, re.S)
+    assert float(shown.group(1)) == STEER_OPTIM["lr"]

@@ -180,11 +180,22 @@ def build(cls, layers: list[dict[str, object]], aliases: dict[str, str] | None =
     return _construct(cls, nested)
 
 
-def _construct(cls, nested: dict):
+def _construct(cls, nested: dict, base=None):
+    """cls from nested values; fields not given keep `base`'s value (the parent field's default instance,
+    e.g. SteerConfig's own optimiser defaults) where it differs from the class default."""
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
+        default = _field_default(f)
         if f.name in nested:
             v = nested[f.name]
-            kwargs[f.name] = _construct(hints[f.name], v) if _is_config(hints[f.name]) else v
+            kwargs[f.name] = _construct(hints[f.name], v, default) if _is_config(hints[f.name]) else v
+        elif base is not None and getattr(base, f.name) != default:
+            kwargs[f.name] = getattr(base, f.name)
     return cls(**kwargs)
+
+
+def _field_default(f: dataclasses.Field):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None

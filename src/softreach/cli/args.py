@@ -13,6 +13,7 @@ import inspect
 import textwrap
 import typing
 from functools import lru_cache
+from operator import attrgetter
 from typing import Literal
 
 from ..errors import UserError
@@ -43,12 +44,6 @@ def _field(cls, path: str) -> tuple[type, dataclasses.Field]:
     return owner, next(f for f in dataclasses.fields(owner) if f.name == path.rsplit(".", 1)[-1])
 
 
-def _default(f: dataclasses.Field):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
-
-
 def _shown(value) -> str:
     if isinstance(value, (tuple, list)):
         return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
@@ -56,14 +51,16 @@ def _shown(value) -> str:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()) -> None:
-    """One flag per settable field of `cls` (dict fields only through --set); unset flags stay None."""
+    """One flag per settable field of `cls` (dict fields only through --set); unset flags stay None. The help
+    shows the default as `cls()` has it (a parent may set its own, as SteerConfig's optimiser does)."""
+    defaults = cls()
     for path, tp in leaves(cls).items():
         owner, f = _field(cls, path)
         if f.name in skip or (typing.get_origin(tp) or tp) is dict:
             continue
         flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
         doc = field_docs(owner).get(f.name, "").replace("%", "%%")
-        kw: dict = {"dest": DEST + path, "default": None, "help": f"{doc} (default: {_shown(_default(f))})"}
+        kw: dict = {"dest": DEST + path, "default": None, "help": f"{doc} (default: {_shown(attrgetter(path)(defaults))})"}
         base = next((a for a in typing.get_args(tp) if a is not type(None)), tp) if typing.get_origin(tp) is \
             typing.Union else tp
         if base is bool:

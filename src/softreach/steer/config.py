@@ -97,18 +97,8 @@ class SteerConfig:
         self.k_values = tuple(sorted(set(_tuple(self.k_values, int, "k-values"))))
         self.m_values = tuple(str(m) for m in _tuple(self.m_values, str, "m-values"))
         self.distances = tuple(sorted(set(_tuple(self.distances, int, "distances"))))
-        sweep = self.sweep.split(",") if isinstance(self.sweep, str) else self.sweep
-        sweep = [s.strip() for s in sweep if str(s).strip()]
-        unknown = [s for s in sweep if s not in SWEEPS]
-        if unknown:
-            raise UserError(f"unknown sweep {unknown[0]!r}: choose from {', '.join(SWEEPS)}")
-        self.sweep = tuple(s for s in SWEEPS if s in sweep)
-        rungs = self.rungs.split(",") if isinstance(self.rungs, str) else self.rungs
-        rungs = [r.strip() for r in rungs if str(r).strip()]
-        unknown = [r for r in rungs if r not in SLOT_RUNGS]
-        if unknown:
-            raise UserError(f"unknown rung {unknown[0]!r}: choose from {', '.join(SLOT_RUNGS)}")
-        self.rungs = tuple(r for r in SLOT_RUNGS if r in rungs)
+        self.sweep = _subset(self.sweep, SWEEPS, "sweep")
+        self.rungs = _subset(self.rungs, SLOT_RUNGS, "rung")
         self.vocab_percent = tuple(dict.fromkeys(_tuple(self.vocab_percent, float, "vocab-percent")))
         if any(not (math.isfinite(p) and 0 < p <= 100) for p in self.vocab_percent):
             raise UserError(f"--vocab-percent values must be in (0, 100], got {list(self.vocab_percent)}")
@@ -155,6 +145,15 @@ def steered_count(steer: str, after: int) -> int:
     if head != "last" or not m.isdigit() or int(m) < 1:
         raise UserError(f"--steer must be last, last:M (M >= 1) or all, got {steer!r}")
     return int(m)
+
+
+def _subset(values, allowed: tuple, what: str) -> tuple:
+    """Comma-separated names (or a sequence) -> those of `allowed`, in its order; unknown names refused."""
+    names = [str(v).strip() for v in (values.split(",") if isinstance(values, str) else values) if str(v).strip()]
+    unknown = [v for v in names if v not in allowed]
+    if unknown:
+        raise UserError(f"unknown {what} {unknown[0]!r}: choose from {', '.join(allowed)}")
+    return tuple(v for v in allowed if v in names)
 
 
 def _tuple(values, kind, flag: str) -> tuple:
