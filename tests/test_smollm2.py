@@ -46,3 +46,20 @@ def test_short_exp1_run_improves_on_the_floor(smollm2, tmp_path):
     s = result.summary
     assert s["cos_no_pos0"]["median"] > s["floor_cos_no_pos0"]["median"] + 0.1
     assert (tmp_path / "run" / "tensors.safetensors").is_file()
+
+
+def test_cached_text_before_the_slots_equals_hidden_states(smollm2):
+    """The steering frame's residual (text before the slots cached) is Hugging Face's hidden_states[L]."""
+    from softreach.frame import TextFrame, frame_residual, frame_residual_of_tokens
+
+    ids = torch.randint(100, 40000, (2, 30), generator=torch.Generator().manual_seed(2))
+    frame = TextFrame(ids[:, :12], ids[:, 16:], 4, torch.tensor([16, 20, 29]))  # 12 fixed, 4 slots, 14 fixed
+    with torch.no_grad():
+        hs = smollm2.model(input_ids=ids, output_hidden_states=True).hidden_states
+        for layer in (1, 15, 29):
+            got = frame_residual_of_tokens(smollm2.model, layer, frame, ids[:, 12:16])
+            torch.testing.assert_close(got, hs[layer][:, frame.positions], rtol=0, atol=2e-3)
+        soft = torch.randn(2, 4, 576)
+        full = residual_at(smollm2.model, 15, inputs_embeds=frame.full_input(smollm2.model, soft))
+        torch.testing.assert_close(frame_residual(smollm2.model, 15, frame, soft), full[:, frame.positions],
+                                   rtol=0, atol=2e-3)

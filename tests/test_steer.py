@@ -1,6 +1,7 @@
 """`softreach run steer`: soft slots around fixed text, on tiny random models (saved, so verify_run can load them)."""
 import json
 import re
+import shutil
 
 import pytest
 import torch
@@ -118,6 +119,12 @@ def test_sweeps_write_verifiable_points_a_report_and_resume(tiny_model_dir, tmp_
     capsys.readouterr()
     assert main(args) == 0  # resumes: every point is done, nothing is recomputed
     assert (out / "k1" / "problems.jsonl").stat().st_mtime_ns == stamp
+    before = (out / "k3" / "problems.jsonl").read_bytes(), (out / "k3" / "tensors.safetensors").read_bytes()
+    shutil.rmtree(out / "k3")  # as if the run had been killed before k3 was written
+    assert main(args) == 0
+    assert ((out / "k3" / "problems.jsonl").read_bytes(), (out / "k3" / "tensors.safetensors").read_bytes()) == before
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0 and "## Fidelity against" in (out / "report.md").read_text()
     assert main(args[:-1] + ["1,6"]) == 2  # another config never resumes this folder
     assert "made by another config" in capsys.readouterr().err
 

@@ -1,4 +1,4 @@
-"""`softreach report DIR`: (re)write report.md and its figures for a suite, ladder or result folder."""
+"""`softreach report DIR`: (re)write report.md and its figures for a suite, ladder, steer or result folder."""
 from __future__ import annotations
 
 import argparse
@@ -8,13 +8,18 @@ from .args import refuse_settings
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("report", help="write report.md and figures for a suite, ladder or result folder")
+    p = sub.add_parser("report", help="write report.md and figures for a suite, ladder, steer or result folder")
     p.add_argument("run_dir")
     refuse_settings(p, "report")
     return p
 
 
 def main(a) -> int:
+    if (Path(a.run_dir) / "steer.json").is_file():  # a steer folder (sweeps, rungs)
+        from ..report.steer import write_steer_report
+
+        print(write_steer_report(Path(a.run_dir)))
+        return 0
     if (Path(a.run_dir) / "frontier.json").is_file():  # a constraint-ladder folder
         from ..report.ladder import write_ladder_report
 
