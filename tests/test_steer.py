@@ -1,4 +1,5 @@
 """`softreach run steer`: soft slots around fixed text, on tiny random models (saved, so verify_run can load them)."""
+import dataclasses
 import json
 import re
 import shutil
@@ -14,7 +15,7 @@ from softreach.errors import UserError
 from softreach.frame import frame_residual_of_tokens
 from softreach.random_models import random_model
 from softreach.steer.config import SteerConfig
-from softreach.steer.run import points
+from softreach.steer.run import points, run_steer
 from softreach.steer.targets import build_targets
 from softreach.steer.template import Texts, draw_texts, steered_positions
 
@@ -219,3 +220,12 @@ def test_steer_keeps_its_own_optimiser_defaults_when_one_is_overridden(capsys):
         main(["run", "steer", "--help"])
     shown = re.search(r"--lr LR\s+Adam learning rate.*?\(default: ([^)]*)\)", capsys.readouterr().out, re.S)
     assert float(shown.group(1)) == STEER_OPTIM["lr"]
+
+
+def test_the_same_seed_gives_the_same_texts_whichever_sweeps_run():
+    lm = random_model("gpt_neox")
+    cfg = SteerConfig(after=6, soft=2, targets=2, k_values=(1, 2, 3), floor_draws=1, downstream=False,
+                      optim=dict(steps=5))
+    alone = run_steer(cfg, None, lm=lm, show_progress=False)["results"][""][0].problems
+    swept = run_steer(dataclasses.replace(cfg, sweep=("k",)), None, lm=lm, show_progress=False)["results"]["k2"][0]
+    assert [p["cos"] for p in alone] == [p["cos"] for p in swept.problems]

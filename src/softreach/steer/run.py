@@ -79,10 +79,13 @@ def run_steer(cfg: SteerConfig, out: str | Path | None, lm=None, show_progress: 
     layer = lm.layer(cfg.layer)
     n_before, n_after = cfg.lengths
     wanted = points(cfg, n_after)
-    k_max = max(p.soft for p in wanted)
+    # texts are cut for the largest K the config names (the K sweep's too, run or not), so the same seed
+    # gives the same texts whichever sweeps run
+    k_max = max([cfg.soft, *cfg.k_values])
     total = n_before + k_max + n_after
     if lm.max_positions is not None and total > lm.max_positions:
-        raise UserError(f"{n_before} + {k_max} + {n_after} positions exceed the model's {lm.max_positions}")
+        raise UserError(f"{n_before} + {k_max} + {n_after} positions exceed the model's {lm.max_positions} (texts are "
+                        "cut for the largest of --soft and --k-values)")
     for p in wanted:  # refuse a bad frame before any work
         steered_positions(n_before, p.soft, n_after, p.steer, p.distance)
     texts, donors = draw_texts(lm, cfg.corpus, n_before, k_max, n_after, cfg.targets, cfg.seed,
