@@ -12,6 +12,7 @@ from typing import Literal, Optional
 
 from .budget import budget_label, parse_budgets
 from .errors import UserError
+from .overrides import parse_list
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_CORPUS = "default"
@@ -290,12 +291,10 @@ class LadderSettings:
     several values run each discrete rung once per p (folders suffixed _v{p}, none for p = 100)."""
 
     def __post_init__(self):
-        self.norm_bounds = _floats(self.norm_bounds, "norm-bounds")
-        self.vocab_percent = tuple(dict.fromkeys(_floats(self.vocab_percent, "vocab-percent")))
-        if any(not (math.isfinite(p) and 0 < p <= 100) for p in self.vocab_percent):
-            raise UserError(f"vocabulary percents must be in (0, 100], got {list(self.vocab_percent)}")
-        self.penalty_weights = _floats(self.penalty_weights, "penalty-weights")
-        self.mixture_taus = _floats(self.mixture_taus, "mixture-taus")
+        self.norm_bounds = parse_list(self.norm_bounds, "norm-bounds")
+        self.vocab_percent = vocab_percents(self.vocab_percent)
+        self.penalty_weights = parse_list(self.penalty_weights, "penalty-weights")
+        self.mixture_taus = parse_list(self.mixture_taus, "mixture-taus")
         check_choices(self)
         for name in ("lr", "mixture_lr", "projected_lr", "init_scale"):
             _positive(name.replace("_", "-"), getattr(self, name))
@@ -327,17 +326,11 @@ class LadderSettings:
         return out
 
 
-def _floats(values, flag: str) -> tuple[float, ...]:
-    if isinstance(values, str):
-        values = [v for v in values.split(",") if v.strip()]
-    if isinstance(values, (int, float)):
-        values = [values]
-    try:
-        out = tuple(float(v) for v in values)
-    except (TypeError, ValueError):
-        raise UserError(f"--{flag} needs numbers, got {values!r}") from None
-    if not out:
-        raise UserError(f"--{flag} needs at least one number")
+def vocab_percents(values, flag: str = "vocab-percent") -> tuple[float, ...]:
+    """Vocabulary percents (the p% most frequent corpus tokens), deduplicated, each in (0, 100]."""
+    out = tuple(dict.fromkeys(parse_list(values, flag)))
+    if any(not (math.isfinite(p) and 0 < p <= 100) for p in out):
+        raise UserError(f"vocabulary percents must be in (0, 100], got {list(out)}")
     return out
 
 

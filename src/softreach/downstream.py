@@ -48,11 +48,18 @@ def next_token_agreement(lm: LoadedModel, layer: int, reached: torch.Tensor, tar
     for lo in range(0, reached.shape[0], batch_size):
         p_log = torch.log_softmax(logits_from_residual(lm, layer, target[lo : lo + batch_size], batch_size), -1)
         q_log = torch.log_softmax(logits_from_residual(lm, layer, reached[lo : lo + batch_size], batch_size), -1)
-        kl_rows.append((p_log.exp() * (p_log - q_log)).sum(-1).clamp_min(0))  # [b, T]
-        top1_rows.append((p_log.argmax(-1) == q_log.argmax(-1)).float())  # [b, T]
+        kl, top1 = kl_and_top1(p_log, q_log)
+        kl_rows.append(kl)
+        top1_rows.append(top1)
     kl, top1 = torch.cat(kl_rows), torch.cat(top1_rows)  # [N, T]
     out = {"kl": kl.mean(1), "top1": top1.mean(1), "kl_per_position": kl}
     if kl.shape[1] > 1:
         out["kl_no_pos0"] = kl[:, 1:].mean(1)
         out["top1_no_pos0"] = top1[:, 1:].mean(1)
     return out
+
+
+def kl_and_top1(p_log: torch.Tensor, q_log: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(p || q) in nats (clamped at 0) and top-1 agreement per position, from log-probabilities [..., V]:
+    ([...], [...])."""
+    return (p_log.exp() * (p_log - q_log)).sum(-1).clamp_min(0), (p_log.argmax(-1) == q_log.argmax(-1)).float()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .frame import TextFrame, frame_residual_of_tokens
 from .metrics import cos_per_position
 from .models import LoadedModel
 from .targets import residuals_of_tokens
@@ -10,18 +11,23 @@ from .targets import residuals_of_tokens
 
 @torch.no_grad()
 def random_token_floor(lm: LoadedModel, targets: torch.Tensor, layer: int, seed: int, draws: int = 4,
-                       ablation: str = "none") -> dict:
+                       ablation: str = "none", frame: TextFrame | None = None) -> dict:
     """Cosine of random-token inputs to each target, averaged over `draws` draws.
 
-    targets: [N, T, d]. Returns {"cos": [N], "cos_no_pos0": [N]}.
+    targets: [N, T, d]. Returns {"cos": [N], "cos_no_pos0": [N]}. With a `frame` (fixed text around K soft
+    slots) the random tokens fill the slots, targets are [N, P, d] at its positions and only "cos" is returned.
     """
-    n, t, _ = targets.shape
+    n, t = targets.shape[0], targets.shape[1] if frame is None else frame.soft
     vocab = lm.ordinary_token_ids()
     g = torch.Generator().manual_seed(seed + 104729)
     ids = vocab[torch.randint(0, vocab.numel(), (draws, n, t), generator=g)]  # [draws, N, T]
-    achieved = residuals_of_tokens(lm, ids.view(draws * n, t), layer, ablation).view(draws, n, t, -1)
+    if frame is None:
+        achieved = residuals_of_tokens(lm, ids.view(draws * n, t), layer, ablation)
+    else:
+        achieved = frame_residual_of_tokens(lm.model, layer, frame.tile(draws), ids.view(draws * n, t), ablation)
+    achieved = achieved.view(draws, n, *targets.shape[1:])
     cos = cos_per_position(achieved, targets.float().unsqueeze(0).expand_as(achieved))  # [draws, N, T]
     out = {"cos": cos.mean(2).mean(0)}
-    if t > 1:
+    if frame is None and t > 1:
         out["cos_no_pos0"] = cos[:, :, 1:].mean(2).mean(0)
     return out

@@ -9,7 +9,7 @@ uncached forward of the full input.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -66,18 +66,15 @@ class TextFrame:
 
     def select(self, rows: torch.Tensor | slice) -> TextFrame:
         """The frame of a subset of problem rows (same templates, same prefix caches)."""
-        return TextFrame(self.before, self.after, self.soft, self.positions, self.template[rows], self._caches,
-                         self.cached)
+        return replace(self, template=self.template[rows])  # the caches dict is shared, not copied
 
     def repeat(self, times: int) -> TextFrame:
         """Each row `times` times in a row (restarts of one problem)."""
-        return TextFrame(self.before, self.after, self.soft, self.positions,
-                         self.template.repeat_interleave(times), self._caches, self.cached)
+        return replace(self, template=self.template.repeat_interleave(times))
 
     def tile(self, times: int) -> TextFrame:
         """All rows, `times` times over (draw-major: row j of copy i is row i * R + j)."""
-        return TextFrame(self.before, self.after, self.soft, self.positions, self.template.repeat(times), self._caches,
-                         self.cached)
+        return replace(self, template=self.template.repeat(times))
 
     def context_tensors(self) -> dict[str, torch.Tensor]:
         """What a result folder saves per row: context_before [R, Cb], context_after [R, Ca] (absent when

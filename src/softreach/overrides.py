@@ -199,3 +199,19 @@ def _field_default(f: dataclasses.Field):
     if f.default is not dataclasses.MISSING:
         return f.default
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def parse_list(values, flag: str, kind=float) -> tuple:
+    """A list setting: comma-separated text, one value or a sequence -> a non-empty tuple of `kind`."""
+    if isinstance(values, str):
+        values = [v for v in values.split(",") if v.strip()]
+    if isinstance(values, (int, float)):
+        values = [values]
+    noun = "value" if kind is str else "number"
+    try:
+        out = tuple(kind(v.strip() if isinstance(v, str) else v) for v in values)
+    except (TypeError, ValueError):
+        raise UserError(f"--{flag} needs {noun}s, got {values!r}") from None
+    if not out:
+        raise UserError(f"--{flag} needs at least one {noun}")
+    return out

@@ -11,6 +11,12 @@ def describe(values) -> dict[str, float]:
             "min": float(v.min()), "max": float(v.max())}
 
 
+def field_mean(rows: list[dict], key: str) -> float:
+    """Mean of the finite numbers rows[i][key] (booleans count as 0/1); NaN when there are none."""
+    values = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def correlations(x, y) -> dict[str, float | int]:
     """Spearman and Pearson correlation of two paired series [N] with their p-values.
 

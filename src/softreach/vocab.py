@@ -5,14 +5,12 @@ import math
 
 import torch
 
-from .errors import UserError
+from .config import vocab_percents
 
 
 def check_percent(percent: float) -> float:
-    percent = float(percent)
-    if not (math.isfinite(percent) and 0 < percent <= 100):
-        raise UserError(f"vocabulary percent must be in (0, 100], got {percent:g}")
-    return percent
+    """One vocabulary percent, checked as the configs check theirs."""
+    return vocab_percents(float(percent))[0]
 
 
 def token_counts(lm, corpus) -> torch.Tensor:

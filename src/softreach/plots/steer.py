@@ -2,17 +2,11 @@
 text's own tokens, one thin line per text."""
 from __future__ import annotations
 
-import math
 import os
-import statistics
 from pathlib import Path
 
+from ..stats import field_mean
 from .axes import _cosine_axis, _new_figure, _save
-
-
-def _mean(rows: list[dict], key: str) -> float:
-    values = [r[key] for r in rows if key in r and math.isfinite(r[key])]
-    return statistics.fmean(values) if values else math.nan
 
 
 def plot_sweep(points: list[tuple[str, dict, list[dict]]], path: str | os.PathLike, title: str, xlabel: str) -> Path:
@@ -30,7 +24,7 @@ def plot_sweep(points: list[tuple[str, dict, list[dict]]], path: str | os.PathLi
               ("random tokens (floor)", "floor_cos", "C3", ":")]
     for label, key, color, style in series:
         if all(any(key in r for r in rows) for _, _, rows in points):
-            ys = [_mean(rows, key) for _, _, rows in points]
+            ys = [field_mean(rows, key) for _, _, rows in points]
             ax.plot(x, ys, color=color, linestyle=style, marker="o", label=label)
             values += ys
     _cosine_axis(ax, values, label="cosine at the steered positions")
@@ -49,13 +43,13 @@ def plot_vocab(by: dict[tuple[str, float], list[dict]], soft_rows: list[dict], p
     values = []
     for j, rung in enumerate(sorted({r for r, _ in by})):
         xs = sorted(p for r, p in by if r == rung)
-        ys = [_mean(by[(rung, p)], "cos") for p in xs]
+        ys = [field_mean(by[(rung, p)], "cos") for p in xs]
         ax.plot(xs, ys, marker="o", color=f"C{j + 1}", label=rung)
         values += ys
     for label, key, style in (("soft vectors (continuous)", "cos", "-"), ("the text's own tokens", "own_cos", "--"),
                               ("random tokens (floor)", "floor_cos", ":")):
         if any(key in r for r in soft_rows):
-            y = _mean(soft_rows, key)
+            y = field_mean(soft_rows, key)
             ax.axhline(y, color="gray", linestyle=style, linewidth=1, label=label)
             values.append(y)
     _cosine_axis(ax, values, label="cosine at the steered positions")

@@ -8,25 +8,34 @@ import statistics
 from pathlib import Path
 
 from ..results.folder import atomic_write_text, is_done, read_json, read_problems
+from ..stats import field_mean
 from .format import fmt, pct, table
 
 SWEEP_TITLES = {"k": ("Fidelity against the number of soft slots K", "K"),
                 "m": ("Fidelity against the number of steered positions M", "M"),
                 "distance": ("Fidelity against the distance from the slots", "distance")}
+CELLS = {  # column -> how a condition's problems fill it (means over problems unless said)
+    "cos (mean)": lambda rows: fmt(field_mean(rows, "cos")),
+    "cos (median)": lambda rows: fmt(statistics.median(r["cos"] for r in rows)),
+    "random tokens": lambda rows: fmt(field_mean(rows, "floor_cos")),
+    "own tokens": lambda rows: fmt(field_mean(rows, "own_cos")),
+    "reached": lambda rows: pct(field_mean(rows, "reached")),
+    "converged": lambda rows: pct(field_mean(rows, "converged")),
+    "KL": lambda rows: fmt(field_mean(rows, "kl")),
+    "top-1": lambda rows: fmt(field_mean(rows, "top1"), 2),
+    "own KL": lambda rows: fmt(field_mean(rows, "own_kl")),
+    "steps": lambda rows: fmt(field_mean(rows, "steps_run"), 0),
+    "forward passes": lambda rows: fmt(field_mean(rows, "forward_passes" if any("forward_passes" in r for r in rows)
+                                                  else "steps_run"), 0),
+}
 COLUMNS = ["cos (mean)", "cos (median)", "random tokens", "own tokens", "reached", "converged", "KL", "top-1",
            "own KL", "steps"]
+RUNG_COLUMNS = ["cos (mean)", "cos (median)", "random tokens", "own tokens", "reached", "KL", "top-1", "forward passes"]
 
 
-def _mean(rows: list[dict], key: str) -> float:
-    values = [r[key] for r in rows if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
-    return statistics.fmean(values) if values else math.nan
-
-
-def point_row(rows: list[dict]) -> list[str]:
-    """One table row of a condition's problems (means over problems unless said)."""
-    return [fmt(_mean(rows, "cos")), fmt(statistics.median(r["cos"] for r in rows)), fmt(_mean(rows, "floor_cos")),
-            fmt(_mean(rows, "own_cos")), pct(_mean(rows, "reached")), pct(_mean(rows, "converged")),
-            fmt(_mean(rows, "kl")), fmt(_mean(rows, "top1"), 2), fmt(_mean(rows, "own_kl")), fmt(_mean(rows, "steps_run"), 0)]
+def point_row(rows: list[dict], columns: list[str] = COLUMNS) -> list[str]:
+    """One table row of a condition's problems."""
+    return [CELLS[c](rows) for c in columns]
 
 
 def load_points(out: str | Path) -> list[tuple[str, dict, list[dict]]]:
@@ -75,11 +84,10 @@ def rung_section(out: Path, points: list[tuple[str, dict, list[dict]]]) -> list[
     rungs = [p for p in points if p[1].get("rung")]
     if not base or not rungs:
         return []
-    header = ["inputs in the slots", "vocabulary", "cos (mean)", "cos (median)", "random tokens", "own tokens",
-              "reached", "KL", "top-1", "forward passes"]
-    rows = [["soft vectors (continuous)", "-"] + _frontier_cells(base[0][2])]
+    header = ["inputs in the slots", "vocabulary"] + RUNG_COLUMNS
+    rows = [["soft vectors (continuous)", "-"] + point_row(base[0][2], RUNG_COLUMNS)]
     for name, c, problems in sorted(rungs, key=lambda p: (-p[1]["vocab_percent"], p[0])):
-        rows.append([c["rung"], f"{c['vocab_percent']:g}%"] + _frontier_cells(problems))
+        rows.append([c["rung"], f"{c['vocab_percent']:g}%"] + point_row(problems, RUNG_COLUMNS))
     lines = ["## Real tokens in the slots", "",
              "The ladder's discrete rungs restricted to the soft slots (the fixed text unchanged): projection (nearest "
              "token of each continuous slot vector), projected (PEZ), gcg (token search from the text's own tokens), "
@@ -88,19 +96,12 @@ def rung_section(out: Path, points: list[tuple[str, dict, list[dict]]]) -> list[
     if len(percents) > 1:
         by = {(c["rung"], c["vocab_percent"]): problems for _, c, problems in rungs}
         names = [r for r in ("projection", "projected", "gcg") if any(k[0] == r for k in by)]
-        vrows = [[f"{p:g}%"] + [fmt(_mean(by[(r, p)], "cos")) if (r, p) in by else "-" for r in names]
+        vrows = [[f"{p:g}%"] + [fmt(field_mean(by[(r, p)], "cos")) if (r, p) in by else "-" for r in names]
                  for p in percents]
         figure = plot_vocab(by, base[0][2], out / "steer_vocab.png")
         lines += ["### Vocabulary density", "", *table(["vocabulary"] + names, vrows), "",
                   f"![cosine against vocabulary]({figure.name})", ""]
     return lines
-
-
-def _frontier_cells(rows: list[dict]) -> list[str]:
-    return [fmt(_mean(rows, "cos")), fmt(statistics.median(r["cos"] for r in rows)), fmt(_mean(rows, "floor_cos")),
-            fmt(_mean(rows, "own_cos")), pct(_mean(rows, "reached")), fmt(_mean(rows, "kl")), fmt(_mean(rows, "top1"), 2),
-            fmt(_mean(rows, "forward_passes"), 0) if any("forward_passes" in r for r in rows)
-            else fmt(_mean(rows, "steps_run"), 0)]
 
 
 def write_steer_report(out: str | Path) -> Path:

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from ..budget import budget_label, parse_budget
-from ..config import DEFAULT_CORPUS, DEFAULT_MODEL, OptimConfig, as_dict, check_choices
+from ..config import DEFAULT_CORPUS, DEFAULT_MODEL, OptimConfig, as_dict, check_choices, vocab_percents
 from ..errors import UserError
+from ..overrides import parse_list
 
 SWEEPS = ("k", "m", "distance")
 SLOT_RUNGS = ("projection", "projected", "gcg")
@@ -93,15 +94,13 @@ class SteerConfig:
             self.optim = OptimConfig(**{**STEER_OPTIM, **self.optim})
         check_choices(self)
         self.norm_budget = parse_budget(self.norm_budget)
-        self.coefficients = _tuple(self.coefficients, float, "coefficients")
-        self.k_values = tuple(sorted(set(_tuple(self.k_values, int, "k-values"))))
-        self.m_values = tuple(str(m) for m in _tuple(self.m_values, str, "m-values"))
-        self.distances = tuple(sorted(set(_tuple(self.distances, int, "distances"))))
+        self.coefficients = parse_list(self.coefficients, "coefficients")
+        self.k_values = tuple(sorted(set(parse_list(self.k_values, "k-values", int))))
+        self.m_values = parse_list(self.m_values, "m-values", str)
+        self.distances = tuple(sorted(set(parse_list(self.distances, "distances", int))))
         self.sweep = _subset(self.sweep, SWEEPS, "sweep")
         self.rungs = _subset(self.rungs, SLOT_RUNGS, "rung")
-        self.vocab_percent = tuple(dict.fromkeys(_tuple(self.vocab_percent, float, "vocab-percent")))
-        if any(not (math.isfinite(p) and 0 < p <= 100) for p in self.vocab_percent):
-            raise UserError(f"--vocab-percent values must be in (0, 100], got {list(self.vocab_percent)}")
+        self.vocab_percent = vocab_percents(self.vocab_percent)
         if self.gcg_budget < 2:
             raise UserError(f"--gcg-budget must be at least 2 forward passes, got {self.gcg_budget}")
         if self.soft < 1 or any(k < 1 for k in self.k_values):
@@ -154,17 +153,3 @@ def _subset(values, allowed: tuple, what: str) -> tuple:
     if unknown:
         raise UserError(f"unknown {what} {unknown[0]!r}: choose from {', '.join(allowed)}")
     return tuple(v for v in allowed if v in names)
-
-
-def _tuple(values, kind, flag: str) -> tuple:
-    if isinstance(values, str):
-        values = [v for v in values.split(",") if v.strip()]
-    if isinstance(values, (int, float)):
-        values = [values]
-    try:
-        out = tuple(kind(str(v).strip()) if kind is not float else float(v) for v in values)
-    except (TypeError, ValueError):
-        raise UserError(f"--{flag} needs {kind.__name__} values, got {values!r}") from None
-    if not out:
-        raise UserError(f"--{flag} needs at least one value")
-    return out

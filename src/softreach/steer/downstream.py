@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from ..downstream import kl_and_top1
 from ..frame import TextFrame
 from ..residual import decoder_blocks
 
@@ -47,6 +48,7 @@ def next_token_agreement(model, layer: int, frame: TextFrame, soft: torch.Tensor
         x = soft[lo : lo + batch_size].to(dev).float()
         p = logits_at_positions(model, layer, sub, x, target[lo : lo + batch_size])
         q = logits_at_positions(model, layer, sub, x)
-        kl.append((p.exp() * (p - q)).sum(-1).clamp_min(0).mean(1))
-        top1.append((p.argmax(-1) == q.argmax(-1)).float().mean(1))
+        kl_pos, top1_pos = kl_and_top1(p, q)  # [b, P]
+        kl.append(kl_pos.mean(1))
+        top1.append(top1_pos.mean(1))
     return {"kl": torch.cat(kl), "top1": torch.cat(top1)}

@@ -106,7 +106,8 @@ def run_steer(cfg: SteerConfig, out: str | Path | None, lm=None, show_progress: 
                 run_rungs(lm, layer, cfg, p, texts, donors, direction, out, results, show_progress)
             continue
         frame = texts.frame(p.soft, steered_positions(n_before, p.soft, n_after, p.steer, p.distance))
-        same = seen.get((p.soft, tuple(frame.positions.tolist())))
+        key = (p.soft, tuple(frame.positions.tolist()))
+        same = seen.get(key)
         if folder is not None and same is not None and is_done(same):  # the same problems: copy, not recompute
             config = copy_point(same, folder, p)
             results[p.name] = (None, config)
@@ -122,7 +123,7 @@ def run_steer(cfg: SteerConfig, out: str | Path | None, lm=None, show_progress: 
                             tokens=problems.source_tokens, extra_tensors=extra)
         results[p.name] = (result, config)
         if folder is not None:
-            seen[(p.soft, tuple(frame.positions.tolist()))] = folder
+            seen[key] = folder
         if p.name == "soft" and cfg.rungs:
             run_rungs(lm, layer, cfg, p, texts, donors, direction, out, results, show_progress, problems, result)
     if out is not None and many:

@@ -14,14 +14,13 @@ import time
 
 import torch
 
+from ..condition import ConditionResult, summarise
 from ..config import LadderSettings
 from ..errors import UserError
-from ..frame import frame_residual_of_tokens
 from ..ladder.rungs import run_pez
 from ..manifold import TokenTable, nearest_rows, token_table
-from ..metrics import cos_per_position
 from ..token_search import GCGConfig, gcg_search
-from .downstream import next_token_agreement
+from .solve import measure_inputs
 from .targets import SteerTargets
 
 STEER_RUNGS = ("projection", "projected", "gcg")
@@ -85,23 +84,14 @@ def evaluate_slot_tokens(lm, layer: int, problems: SteerTargets, ids: torch.Tens
                          downstream: bool = True) -> dict[str, torch.Tensor]:
     """Slot ids [R, K] measured against the targets: cos [R] (mean over positions), mse [R],
     cos_per_position [R, P], and (downstream) kl [R], top1 [R] at the steered positions."""
-    frame, target = problems.frame, problems.target.float()
-    achieved = frame_residual_of_tokens(lm.model, layer, frame, ids.long())  # [R, P, d]
-    cos = cos_per_position(achieved, target)  # [R, P]
-    out = {"cos": cos.mean(1), "mse": ((achieved - target) ** 2).mean((1, 2)), "cos_per_position": cos}
-    if downstream:
-        soft = lm.model.get_input_embeddings()(ids.long().to(lm.device)).float()  # [R, K, d]
-        out.update(next_token_agreement(lm.model, layer, frame, soft, target))
-    return out
+    soft = lm.model.get_input_embeddings()(ids.long().to(lm.device)).float()  # [R, K, d]
+    return measure_inputs(lm, layer, problems.frame, soft, problems.target.float(), downstream)
 
 
 def solve_slot_rung(lm, layer: int, cfg, problems: SteerTargets, rung: str, soft: torch.Tensor,
                     base_rows: list[dict], vocab: torch.Tensor | None, percent: float, progress=None):
     """One discrete rung in the slots as a ConditionResult: soft_prompt = the chosen tokens' embeddings,
     rows beside the continuous solution's baselines (floor, own tokens) and its cosine."""
-    from ..condition import ConditionResult, summarise
-    from ..config import LadderSettings
-
     settings = LadderSettings(steps=cfg.optim.steps, lr=cfg.optim.lr, projected_lr=cfg.optim.lr, mse_weight=cfg.optim.mse_weight,
                               skip_pos0=False, mse_norm=cfg.optim.mse_norm, gcg_budget=cfg.gcg_budget,
                               batch_size=cfg.optim.batch_size, memory_budget_mb=cfg.optim.memory_budget_mb)

@@ -7,7 +7,8 @@ import torch
 
 from ..budget import absolute_cap, clip_norms
 from ..condition import ConditionResult, convergence_verdicts, summarise
-from ..frame import TextFrame, frame_residual_batched, frame_residual_of_tokens
+from ..floor import random_token_floor
+from ..frame import TextFrame, frame_residual_batched
 from ..metrics import cos_per_position
 from ..optimize import initial_prompts, optimise
 from .config import SteerConfig
@@ -16,13 +17,18 @@ from .targets import SteerTargets
 
 
 @torch.no_grad()
-def random_token_floor(lm, layer: int, frame: TextFrame, target: torch.Tensor, seed: int, draws: int) -> torch.Tensor:
-    """Mean cosine to each target with uniformly random ordinary tokens in the slots: [R]."""
-    vocab = lm.ordinary_token_ids()
-    g = torch.Generator().manual_seed(seed + 104729)
-    ids = vocab[torch.randint(0, vocab.numel(), (draws * frame.rows, frame.soft), generator=g)]  # draw-major
-    achieved = frame_residual_of_tokens(lm.model, layer, frame.tile(draws), ids).view(draws, frame.rows, *target.shape[1:])
-    return cos_per_position(achieved, target.unsqueeze(0).expand_as(achieved)).mean((0, 2))
+def measure_inputs(lm, layer: int, frame: TextFrame, inputs: torch.Tensor, target: torch.Tensor,
+                   downstream: bool = True, achieved: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Input vectors in the slots [R, K, d] against the targets [R, P, d]: cos [R] (mean over positions), mse [R],
+    cos_per_position [R, P] and, with downstream, kl [R] and top1 [R] at the steered positions. `achieved`: their
+    residuals [R, P, d] where already computed."""
+    if achieved is None:
+        achieved = frame_residual_batched(lm.model, layer, frame, inputs)  # [R, P, d]
+    cos = cos_per_position(achieved, target)  # [R, P]
+    out = {"cos": cos.mean(1), "mse": ((achieved - target) ** 2).mean((1, 2)), "cos_per_position": cos}
+    if downstream:
+        out.update(next_token_agreement(lm.model, layer, frame, inputs, target))
+    return out
 
 
 def solve_steer(lm, layer: int, cfg: SteerConfig, problems: SteerTargets, progress=None) -> ConditionResult:
@@ -40,27 +46,22 @@ def solve_steer(lm, layer: int, cfg: SteerConfig, problems: SteerTargets, progre
     best = res.best_loss.view(n, r).argmin(1)
     rows = torch.arange(n) * r + best
     soft = res.soft_prompt[rows]
-    achieved = frame_residual_batched(lm.model, layer, frame, soft)  # [N, P, d]
-    cos = cos_per_position(achieved, target)  # [N, P]
-    mse = ((achieved - target) ** 2).mean((1, 2))
-    restart_cos = cos_per_position(frame_residual_batched(lm.model, layer, frame.repeat(r), res.soft_prompt),
-                                   target.repeat_interleave(r, 0)).mean(1).view(n, r)
-    own = cos_per_position(frame_residual_of_tokens(lm.model, layer, frame, problems.own_tokens), target).mean(1)
-    floor = random_token_floor(lm, layer, frame, target, cfg.seed, cfg.floor_draws) if cfg.floor_draws else None
+    reached = frame_residual_batched(lm.model, layer, frame.repeat(r), res.soft_prompt)  # [N * R, P, d] every restart
+    restart_cos = cos_per_position(reached, target.repeat_interleave(r, 0)).mean(1).view(n, r)
+    m = measure_inputs(lm, layer, frame, soft, target, cfg.downstream, achieved=reached[rows])
+    cos, mse = m["cos_per_position"], m["mse"]
+    own = measure_inputs(lm, layer, frame, own_inputs, target, cfg.downstream)
+    floor = random_token_floor(lm, target, layer, cfg.seed, cfg.floor_draws, frame=frame)["cos"] if cfg.floor_draws \
+        else None
     source = None
     if problems.source_tokens is not None:
-        source = cos_per_position(frame_residual_of_tokens(lm.model, layer, frame, problems.source_tokens),
-                                  target).mean(1)
-    down = own_down = None
-    if cfg.downstream:
-        down = next_token_agreement(lm.model, layer, frame, soft, target)
-        own_down = next_token_agreement(lm.model, layer, frame, own_inputs, target)
+        source = measure_inputs(lm, layer, frame, emb(problems.source_tokens.to(lm.device)).float(), target, False)["cos"]
     verdicts = convergence_verdicts(res, res.soft_prompt, cap, cfg.optim)
     out = []
     for i in range(n):
         rec = {"index": i, "text": problems.text[i], "cos": float(cos[i].mean()), "mse": float(mse[i]),
                "cos_per_position": [round(float(x), 6) for x in cos[i]],
-               "own_cos": float(own[i]), "reached": bool(cos[i].mean() >= cfg.fidelity)}
+               "own_cos": float(own["cos"][i]), "reached": bool(cos[i].mean() >= cfg.fidelity)}
         if problems.coefficient[i] is not None:
             rec["coefficient"] = problems.coefficient[i]
         if floor is not None:
@@ -68,11 +69,11 @@ def solve_steer(lm, layer: int, cfg: SteerConfig, problems: SteerTargets, progre
             rec["beats_floor"] = bool(rec["cos"] > rec["floor_cos"])
         if source is not None:
             rec["source_cos"] = float(source[i])
-        if down is not None:
-            rec.update(kl=float(down["kl"][i]), top1=float(down["top1"][i]),
-                       own_kl=float(own_down["kl"][i]), own_top1=float(own_down["top1"][i]))
+        if cfg.downstream:
+            rec.update(kl=float(m["kl"][i]), top1=float(m["top1"][i]), own_kl=float(own["kl"][i]),
+                       own_top1=float(own["top1"][i]))
         rec.update(best_restart=int(best[i]), restart_cos=[float(x) for x in restart_cos[i]],
-                   final_loss=float(res.best_loss[rows[i]]), gain_over_own=float(cos[i].mean() - own[i]))
+                   final_loss=float(res.best_loss[rows[i]]), gain_over_own=float(cos[i].mean() - own["cos"][i]))
         rec.update(verdicts[int(rows[i])])
         out.append(rec)
     summary = summarise(out, int(res.steps_run.sum()), res.seconds)
