@@ -1,7 +1,4 @@
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -52,16 +49,8 @@ class MemoryCheckpoint(ChunkCheckpoint):
             raise KeyboardInterrupt
 
 
-VERIFY = Path(__file__).resolve().parents[2] / "shared" / "checks" / "verify_run.py"
-
-
 def verify(folders) -> dict:
-    """verify_run's exit code (and output) per folder name, all checked in one subprocess (one transformers import)."""
-    code = ("import runpy, sys\nfor f in sys.argv[2:]:\n    sys.argv = ['verify_run.py', f]\n    try:\n"
-            "        runpy.run_path(sys.argv_script, run_name='__main__')\n    except SystemExit as e:\n"
-            "        print('EXIT', f, e.code)\n").replace("sys.argv_script", repr(str(VERIFY)))
-    proc = subprocess.run([sys.executable, "-c", code, "x", *map(str, folders)], capture_output=True, text=True,
-                          env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
-    codes = {line.split()[1]: int(line.split()[2]) for line in proc.stdout.splitlines() if line.startswith("EXIT")}
-    assert len(codes) == len(folders), proc.stdout + proc.stderr
-    return {Path(k).name: (v, proc.stdout) for k, v in codes.items()}
+    """`softreach verify`'s outcome per folder name: (0 when every number agrees, else 1; its lines)."""
+    from softreach.verification import verify as check
+
+    return {c.folder.name: (0 if c.ok else 1, "\n".join(c.lines())) for c in check(*folders)}

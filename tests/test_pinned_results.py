@@ -5,8 +5,10 @@ a `run exp1` folder and a constraint ladder on a tiny random model, recorded wit
 before the results module, registry and CLI were rewritten. Record again (only on purpose) with
 `python tests/test_pinned_results.py`.
 
-Integers, strings and booleans must match exactly; floats to 1e-5, because CPUs with different
-vector units round differently. On the machine that recorded them the files are byte-identical:
+Integers, strings and booleans must match exactly; floats to 1e-3 relative (1e-4 absolute), because CPUs
+with different vector units round differently and problems still optimising carry those differences
+on: an AVX-512 host gave up to 2.6e-4 relative (a final loss of 0.0274) and 1.9e-5 absolute (an FVU of
+0.467) against the AVX2 host that recorded them. On the machine that recorded them the files are byte-identical:
 set SOFTREACH_PIN_EXACT=1 to assert the SHA-256 of every problems.jsonl as well.
 """
 import hashlib
@@ -68,7 +70,7 @@ def _close(a, b, where: str) -> None:
         if math.isnan(a) or math.isnan(b):
             assert math.isnan(a) and math.isnan(b), where
         else:
-            assert a == pytest.approx(b, rel=1e-5, abs=1e-5), f"{where}: {a} != {b}"
+            assert a == pytest.approx(b, rel=1e-3, abs=1e-4), f"{where}: {a} != {b}"
     elif isinstance(a, list):
         assert isinstance(b, list) and len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):

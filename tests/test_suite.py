@@ -5,14 +5,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from conftest import verify
 from safetensors.torch import load_file
 
 from softreach.cli import main
 
-VERIFY = Path(__file__).resolve().parents[2] / "shared" / "checks" / "verify_run.py"
 CONDITIONS = ["exp1", "exp1b", "exp4_no_attn", "exp4_no_mlp", "exp2a", "exp2b", "exp3", "exp5_raw", "exp5_pca"]
 FOLDERS = [c + suffix for c in CONDITIONS for suffix in ("_b1", "")]  # the quick preset: budgets 1 and inf
 
@@ -58,12 +57,11 @@ def test_suite_writes_every_folder_and_the_report(finished_suite):
     assert moments["mean_max_abs_z"] < 5 and moments["cov_rel_error"] < 0.2
 
 
-def test_verify_run_passes_on_every_folder(finished_suite):
-    env = {"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
-    for name in FOLDERS:
-        check = subprocess.run([sys.executable, str(VERIFY), str(finished_suite / "straight" / name)],
-                               capture_output=True, text=True, env=env)
-        assert check.returncode == 0, name + ": " + check.stdout + check.stderr
+def test_verify_passes_on_every_folder(finished_suite):
+    codes = verify([finished_suite / "straight" / name for name in FOLDERS])
+    assert sorted(codes) == sorted(FOLDERS)
+    for name, (code, text) in codes.items():
+        assert code == 0, name + ": " + text
 
 
 def test_sigkill_and_resume_equals_an_uninterrupted_run(finished_suite):

@@ -32,7 +32,7 @@ _API = {  # name -> module that defines it
     "all_layer_residuals": "residual", "residual_at": "residual",
     "residuals_of_tokens": "targets", "tokenize_windows": "targets",
     "SteerConfig": "steer.config", "run_steer": "steer.run", "TextFrame": "frame", "frame_residual": "frame",
-    "frame_residual_of_tokens": "frame",
+    "frame_residual_of_tokens": "frame", "verify": "verification", "FolderCheck": "verification",
 }
 __all__ = sorted(_API)
 

@@ -16,7 +16,7 @@ from .metrics import cos_per_position
 from .models import LoadedModel
 from .residual import residual_at
 
-# a = 2^(k/2), k = -20..20: every scale of verify_run's grid (2^-10..2^10) and the half-steps between
+# a = 2^(k/2), k = -20..20: every scale of the verifiers' grid (2^-10..2^10) and the half-steps between
 COPY_SCALES = tuple(2.0 ** (k / 2) for k in range(-20, 21))
 
 

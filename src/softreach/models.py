@@ -20,7 +20,7 @@ class LoadedModel:
 
     model: torch.nn.Module
     tokenizer: object
-    source: str  # hub id or local folder, as verify_run passes it to from_pretrained
+    source: str  # hub id or local folder, as `softreach verify` passes it to from_pretrained
     gguf_file: str | None
     device: torch.device
 

@@ -6,9 +6,9 @@ import os
 import sys
 
 from ..errors import UserError
-from . import bench, collect, ladder, report, run, suite, sweep
+from . import bench, collect, ladder, report, run, suite, sweep, verify
 
-COMMANDS = (run, suite, ladder, sweep, collect, report, bench)  # each has add_parser(sub) and main(args)
+COMMANDS = (run, suite, ladder, sweep, collect, report, verify, bench)  # each has add_parser(sub) and main(args)
 
 
 class OneLineParser(argparse.ArgumentParser):

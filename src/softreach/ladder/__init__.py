@@ -10,7 +10,7 @@ Layout of a ladder folder (each subfolder is a result folder, docs/result-folder
 
 Every discrete result is evaluated from its token ids alone (an ordinary forward from input_ids); its
 folder stores the ids as `solution_tokens` and `soft_prompt` = their embedding rows. `tokens` holds the
-targets' own tokens, only where the targets are real-text residuals (verify_run checks they produce them).
+targets' own tokens, only where the targets are real-text residuals (`softreach verify` checks they produce them).
 Each problems.jsonl row carries the rung, its setting, the fidelity metrics (with and without position
 0), the distance from the manifold (nearest-token cosine, norm ratio), the downstream KL and top-1
 agreement, and the cost: forward passes spent producing the result (an optimiser step, a GCG gradient

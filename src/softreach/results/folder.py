@@ -139,7 +139,7 @@ def write_condition(out: Path, result: ConditionResult, config: dict, title: str
                     extra_json: dict | None = None) -> Path:
     """Write one result folder, atomically.
 
-    `tokens` are saved only where they produce the targets (verify_run checks that);
+    `tokens` are saved only where they produce the targets (`softreach verify` checks that);
     `extra_json` maps file names to JSON-ready objects written beside the contract files.
     """
     from ..report.summary_md import summary_markdown
