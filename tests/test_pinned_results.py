@@ -1,14 +1,15 @@
 """Results pinned before the architecture change: the same seed must give the same result folders.
 
 `tests/data/pinned_results.json` holds every problems.jsonl row (timings left out) of a small suite,
-a `run exp1` folder and a constraint ladder on a tiny random model, recorded with the code as it was
-before the results module, registry and CLI were rewritten. Record again (only on purpose) with
-`python tests/test_pinned_results.py`.
+a `run exp1` folder and a constraint ladder on a tiny random model, first recorded before the results
+module, registry and CLI were rewritten; recorded again on purpose for issue 17 (verdicts with one meaning,
+tangent steps at a norm cap, 12 plateau decays: the budgeted folders changed, the free ones only by rounding).
+Record again (only on purpose) with `python tests/test_pinned_results.py`.
 
 Integers, strings and booleans must match exactly; floats to 1e-3 relative (1e-4 absolute), because CPUs
 with different vector units round differently and problems still optimising carry those differences
 on: an AVX-512 host gave up to 2.6e-4 relative (a final loss of 0.0274) and 1.9e-5 absolute (an FVU of
-0.467) against the AVX2 host that recorded them. On the machine that recorded them the files are byte-identical:
+0.467) against the AVX2 host that recorded the first pins (these come from the AVX-512 host). On the machine that recorded them the files are byte-identical:
 set SOFTREACH_PIN_EXACT=1 to assert the SHA-256 of every problems.jsonl as well.
 """
 import hashlib

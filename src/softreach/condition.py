@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from .budget import clip_norms
+from .config import VERDICTS
 from .copy_route import copy_baseline
 from .floor import random_token_floor
 from .metrics import problem_metrics, reachability_loss
@@ -119,12 +120,16 @@ def objective(lm: LoadedModel, layer: int, inputs: torch.Tensor, target: torch.T
 
 
 def convergence_verdicts(res: OptimResult, soft: torch.Tensor, cap: float | None, optim: OptimConfig) -> list[dict]:
-    """Per problem (row of res): steps run, the verdict and what it rests on.
+    """Per problem (row of res): steps run, the verdict and, apart from it, where its input vectors sit.
 
-    converged     the convergence criterion stopped it (see OptimConfig.tol / window / plateau_decays);
-    norm_limited  steps ran out while its vectors sit at the norm cap, or their mean norm still grows
-                  (> 1% per 100 steps: the gain comes from a larger input, as the copy route does);
-    improving     steps ran out while it still gained (`gain_per_100_steps`, in loss units).
+    verdict          converged: the convergence test stopped it (OptimConfig.tol / grad_tol / window);
+                     improving: the steps ran out first (`gain_per_100_steps`, in loss units, says how fast
+                     it still gained over the last window). The verdict says nothing else.
+    at_budget        some input vector sits at the norm cap (the budget binds); `share_at_budget` of them do.
+                     A property of the solution, converged or not.
+    norm_growing     free inputs whose mean norm still grew > 1% per 100 steps over the last window (the gain
+                     may come from a larger input, as the copy route's does).
+    grad_ratio       the projected gradient (median over the last window) over its largest in the first.
     """
     out = []
     w = optim.window
@@ -136,18 +141,18 @@ def convergence_verdicts(res: OptimResult, soft: torch.Tensor, cap: float | None
         gain = float(best[back] - best[k - 1]) * 100 / span if k > 1 else 0.0
         norms = res.norm_curve[row, :k]
         growth = float((norms[k - 1] - norms[back]) / norms[back].clamp_min(1e-12)) * 100 / span if k > 1 else 0.0
-        top = float(soft[row].norm(dim=-1).max())
-        at_cap = cap is not None and top >= cap * (1 - 1e-3)
-        if bool(res.converged[row]):
-            verdict = "converged"
-        elif at_cap or growth > 0.01:
-            verdict = "norm_limited"
-        else:
-            verdict = "improving"
-        out.append({"verdict": verdict, "converged": bool(res.converged[row]), "steps_run": k,
-                    "gain_per_100_steps": gain, "norm_growth_per_100_steps": growth,
-                    "input_norm_max": top, "input_norm_mean": float(soft[row].norm(dim=-1).mean()),
-                    "at_budget": bool(at_cap)})
+        vectors = soft[row].norm(dim=-1)  # [T]
+        on_cap = vectors >= cap * (1 - 1e-3) if cap is not None else torch.zeros_like(vectors, dtype=torch.bool)
+        converged = bool(res.converged[row])
+        rec = {"verdict": "converged" if converged else "improving", "converged": converged, "steps_run": k,
+               "gain_per_100_steps": gain, "norm_growth_per_100_steps": growth,
+               "input_norm_max": float(vectors.max()), "input_norm_mean": float(vectors.mean()),
+               "at_budget": bool(on_cap.any()), "share_at_budget": float(on_cap.float().mean()),
+               "norm_growing": cap is None and growth > 0.01}
+        if res.grad_curve is not None and k >= 1:
+            grads = res.grad_curve[row, :k]
+            rec["grad_ratio"] = float(grads[max(0, k - w):].median() / grads[: min(w, k)].max().clamp_min(1e-30))
+        out.append(rec)
     return out
 
 
@@ -191,7 +196,8 @@ def summarise(problems: list[dict], problem_steps: int, seconds: float) -> dict:
     if "verdict" in problems[0]:
         out["steps_run"] = describe([float(p["steps_run"]) for p in problems])
         out["share_converged"] = sum(p["converged"] for p in problems) / len(problems)
-        out["verdicts"] = {v: sum(p["verdict"] == v for p in problems) for v in ("converged", "norm_limited", "improving")}
+        out["verdicts"] = {v: sum(p["verdict"] == v for p in problems) for v in VERDICTS}
+        out["norm_growing"] = sum(bool(p.get("norm_growing")) for p in problems)
     if "beats_copy" in problems[0]:
         out["share_beats_copy"] = sum(p["beats_copy"] for p in problems) / len(problems)
     out["seconds"] = seconds

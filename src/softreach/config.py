@@ -51,6 +51,7 @@ def _positive(name: str, value: float, zero_ok: bool = False) -> None:
 # The research log's optimiser, kept for replication (`--preset seed`): N(0,1) starts, no early stop.
 LOG_OPTIM = dict(steps=1000, lr=0.01, init_scale=1.0, mse_weight=0.01, skip_pos0=False, mse_norm="none",
                  schedule="constant", prune_after=0, start="random", early_stop=False)
+VERDICTS = ("converged", "improving")  # a problem's `verdict`; folders written before them also say "norm_limited"
 
 
 @dataclass
@@ -86,14 +87,20 @@ class OptimConfig:
     """End of the cosine schedule, as a fraction of lr."""
     tol: float = 1e-3
     """Convergence tolerance in loss units (1 - cos for the default loss): converged once the best loss is
-    below tol or the second half of the run gained less."""
+    below tol, or the second half of the run gained less than tol at a stationary point (grad_tol)."""
+    grad_tol: float = 0.05
+    """Stationary: the feasible gradient (its outward part removed at vectors on the cap), median over the last
+    window, is below grad_tol x its largest in the first window."""
     window: int = 20
     """Steps between convergence checks (and the plateau schedule's look-back)."""
-    plateau_decays: int = 6
-    """With the plateau schedule: at most this many learning-rate halvings, each when a window gains less
-    than tol / 100."""
+    plateau_decays: int = 12
+    """Plateau schedule: at most this many lr halvings, each when a window gains < tol / 100 (6 before issue 17:
+    too few for Adam to settle on a stationary point at a small cap)."""
     early_stop: bool = True
     """Converged problems leave the batch (their results are identical to running on); the seed preset: off."""
+    step_rule: Literal["tangent", "projected"] = "tangent"
+    """At a norm cap, Adam steps on the feasible gradient (tangent: its fixed points are stationary points) or on
+    the raw gradient (projected, before issue 17: it can stall elsewhere); both then clip to the cap."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute dtype of the forward and backward (soft prompts, Adam and every metric stay float32)."""
 
@@ -105,6 +112,7 @@ class OptimConfig:
         _positive("mse-weight", self.mse_weight, zero_ok=True)
         _positive("lr", self.lr)
         _positive("tol", self.tol, zero_ok=True)
+        _positive("grad-tol", self.grad_tol, zero_ok=True)
         if self.prune_after < 0:
             raise UserError(f"--prune-after must be >= 0, got {self.prune_after}")
         if self.memory_budget_mb is not None and not self.memory_budget_mb > 0:

@@ -7,7 +7,8 @@ get gradients, and the forward stops at the target layer.
 
 Each problem keeps its best iterate (lowest loss seen), may carry an input-norm cap (every vector's
 norm is clipped to it after every step), and leaves the batch once it has converged (its best loss is
-below `tol`, or the second half of its run gained less than `tol`). With the "plateau" schedule a
+below `tol`, or its run has plateaued at a stationary point of the feasible set: see _check_convergence).
+With the "plateau" schedule a
 problem whose best loss stalls over a window has its own learning rate halved.
 """
 from __future__ import annotations
@@ -39,6 +40,7 @@ class OptimResult:
     seconds: float = 0.0
     converged: torch.Tensor | None = None  # [P] bool: stopped by the convergence criterion
     norm_curve: torch.Tensor | None = None  # [P, steps] mean input-vector norm of each iterate
+    grad_curve: torch.Tensor | None = None  # [P, steps] norm of each iterate's projected gradient (feasible directions)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -135,14 +137,14 @@ def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Ten
         parts.append(_optimise_chunk(lm, layer, targets[lo:hi], init[lo:hi], cfg, ablation, progress,
                                      checkpoint, chunk, param, group, None if caps is None else caps[lo:hi],
                                      None if frame is None else frame.select(slice(lo, hi))))
-    best, losses, coses, norms, converged, best_loss = (torch.cat([p[k] for p in parts]) for k in range(6))
+    best, losses, coses, norms, grads, converged, best_loss = (torch.cat([p[k] for p in parts]) for k in range(7))
     seconds = time.perf_counter() - start
     if param is FREE:
-        return OptimResult(best, losses, coses, best_loss, seconds, converged, norms)
+        return OptimResult(best, losses, coses, best_loss, seconds, converged, norms, grads)
     with torch.no_grad():
         inputs = torch.cat([param.inputs(best[lo : lo + batch].to(lm.device)).float().cpu()
                             for lo in range(0, best.shape[0], batch)])
-    return OptimResult(inputs, losses, coses, best_loss, seconds, converged, norms, extra={"param": best})
+    return OptimResult(inputs, losses, coses, best_loss, seconds, converged, norms, grads, extra={"param": best})
 
 
 def _adam_update(soft, grad, m, v, step: int, lr: torch.Tensor) -> None:
@@ -154,12 +156,33 @@ def _adam_update(soft, grad, m, v, step: int, lr: torch.Tensor) -> None:
     soft.addcdiv_(m * lr, denom, value=-1.0)
 
 
+def feasible_gradient(grad: torch.Tensor, x: torch.Tensor, caps: torch.Tensor | None) -> torch.Tensor:
+    """The gradient [B, T, d] projected onto the feasible directions at x [B, T, d] (caps: [B], inf = free).
+
+    A vector at its cap may not grow: where descent (-grad) points outward, the radial part of its gradient
+    is removed; elsewhere the gradient counts whole. Its norm is zero exactly at a first-order stationary
+    point of the loss on the feasible set.
+    """
+    if caps is None:
+        return grad
+    norms = x.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # [B, T, 1]
+    at_cap = norms >= caps.to(x.device).view(-1, 1, 1) * (1 - 1e-3)
+    radial = (grad * x).sum(-1, keepdim=True) / norms  # [B, T, 1]: <grad, x / |x|>
+    outward = at_cap & (radial < 0)
+    return grad - torch.where(outward, radial, 0.0) * x / norms
+
+
+def projected_grad_norm(grad: torch.Tensor, x: torch.Tensor, caps: torch.Tensor | None) -> torch.Tensor:
+    """Norm per problem [B] of the feasible gradient (see feasible_gradient)."""
+    return feasible_gradient(grad, x, caps).flatten(1).norm(dim=1)
+
+
 def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progress, checkpoint, chunk,
                     param=FREE, group=1, caps=None, frame=None):
     """Optimise one batch of problems. Rows come in groups of `group` restarts of one target; with
     cfg.prune_after, only the best row of each group continues past that step. Returns
-    (best parameter [B, T, ...], loss curve [B, S], cos curve [B, S], norm curve [B, S], converged [B],
-    best loss [B])."""
+    (best parameter [B, T, ...], loss curve [B, S], cos curve [B, S], norm curve [B, S], projected-gradient
+    curve [B, S], converged [B], best loss [B])."""
     dev = lm.device
     model, compute = lm.compute_model(cfg.dtype), getattr(torch, cfg.dtype)
     all_targets = targets.to(dev, torch.float32)  # [B, T, d]
@@ -173,6 +196,7 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
         "loss_curve": torch.full((rows, cfg.steps), float("nan")),
         "cos_curve": torch.full((rows, cfg.steps), float("nan")),
         "norm_curve": torch.full((rows, cfg.steps), float("nan")),
+        "grad_curve": torch.full((rows, cfg.steps), float("nan")),
         "lr_scale": torch.ones(rows),  # per row, halved by the plateau schedule
         "decays": torch.zeros(rows, dtype=torch.long),
         "converged": torch.zeros(rows, dtype=torch.bool),
@@ -182,6 +206,7 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
     loaded = checkpoint.load(chunk)
     if loaded is not None:
         s = {k: (v.to(dev) if k in ("soft", "m", "v") else v) for k, v in loaded.items()}
+        s.setdefault("grad_curve", torch.full((rows, cfg.steps), float("nan")))  # checkpoints written before it
         if progress:
             done = int((~torch.isnan(s["cos_curve"])).sum())
             last = s["cos_curve"][s["alive"], s["step"] - 1] if s["step"] and len(s["alive"]) else torch.tensor([float("nan")])
@@ -209,6 +234,10 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
         s["loss_curve"][alive, step] = loss
         s["cos_curve"][alive, step] = cos
         s["norm_curve"][alive, step] = inputs.detach().float().norm(dim=-1).mean(1).cpu()
+        feasible = feasible_gradient(grad, soft, None if caps is None else caps[alive])
+        s["grad_curve"][alive, step] = feasible.flatten(1).norm(dim=1).cpu()
+        if cfg.step_rule == "tangent":  # Adam on the feasible gradient: its fixed points are stationary points
+            grad = feasible
         with torch.no_grad():
             _adam_update(soft, grad, s["m"], s["v"], step, cfg.lr_at(step) * s["lr_scale"][alive])
             param.after_step(soft)
@@ -224,7 +253,7 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
             _, loss, _ = _evaluate(model, compute, layer, s["soft"], all_targets[s["alive"].to(dev)], cfg, ablation,
                                    param, None if frame is None else frame.select(s["alive"]))
         _record_best(s, s["soft"], loss.cpu())
-    return s["best"], s["loss_curve"], s["cos_curve"], s["norm_curve"], s["converged"], s["best_loss"]
+    return s["best"], s["loss_curve"], s["cos_curve"], s["norm_curve"], s["grad_curve"], s["converged"], s["best_loss"]
 
 
 def _evaluate(model, compute, layer, soft, target, cfg: OptimConfig, ablation, param, frame=None):
@@ -251,12 +280,13 @@ def _record_best(s: dict, soft: torch.Tensor, loss: torch.Tensor) -> None:
 def _check_convergence(s: dict, cfg: OptimConfig) -> None:
     """Mark (and, with early_stop, drop) the rows that have converged; decay stalled rows' lr (plateau).
 
-    Converged: the best loss is below tol (the loss is >= 0, so no more than tol is left to gain), or the
-    second half of the run gained less than tol. Progress on these problems is at best steady in
-    log(steps) (it slows as it goes), so a run that gained < tol over its last half would gain about
-    that, or less, from doubling its steps. Checked at the end of every window, from 2 windows on.
-    Plateau schedule: a row whose best loss gained < tol / 100 over the last window has its lr halved
-    (at most plateau_decays times).
+    Converged: the best loss is below tol (the loss is >= 0, so no more than tol is left to gain), or both
+    (a) the second half of the run gained less than tol (a plateau), and (b) the projected gradient, median
+    over the last window, is below grad_tol x its largest value in the first window (a stationary point of
+    the loss on the feasible set: at a norm cap, only the outward part of the gradient may stay). The plateau
+    alone is no test: a row whose learning rate has decayed gains little per step wherever it is. Checked
+    at the end of every window, from 2 windows on. Plateau schedule: a row whose best loss gained
+    < tol / 100 over the last window has its lr halved (at most plateau_decays times).
     """
     step, w = s["step"], cfg.window
     if not len(s["alive"]):
@@ -266,7 +296,10 @@ def _check_convergence(s: dict, cfg: OptimConfig) -> None:
     done = best < cfg.tol
     if step % w == 0 and step >= 2 * w:
         curve = torch.nan_to_num(s["loss_curve"][alive, :step], nan=math.inf)
-        done |= curve[:, : step // 2].min(1).values - best < cfg.tol
+        plateau = curve[:, : step // 2].min(1).values - best < cfg.tol
+        grads = s["grad_curve"][alive]
+        stationary = grads[:, step - w : step].median(1).values < cfg.grad_tol * grads[:, :w].amax(1)
+        done |= plateau & stationary
         if cfg.schedule == "plateau":
             stalled = curve[:, : step - w].min(1).values - best < cfg.tol / 100
             decay = stalled & ~done & (s["decays"][alive] < cfg.plateau_decays)

@@ -7,6 +7,7 @@ import numpy as np
 
 from .. import plots
 from ..budget import budget_label
+from ..config import VERDICTS
 from ..stats import describe
 from .format import fmt, pct, table
 from .load import Condition, Run, as_float, known_share
@@ -55,8 +56,8 @@ def steps_cell(x: Condition) -> str:
 MARKS_NOTE = ("† after a cosine (and a bold share beating copy): fewer than half of the targets beat their copy "
               "baseline, the best scaled copy of the target fed as input within the same budget, so the residual "
               f"bypass alone explains that result. ⚠ before a share converged: under {100 * CONVERGED_OK:.0f}% of "
-              "the targets converged (the others ran out of steps while still improving or growing their input "
-              "norm; see the verdicts in the condition's section), so the medians are lower bounds.")
+              "the targets converged (the others ran out of steps while still improving; see the verdicts in the "
+              "condition's section), so the medians are lower bounds.")
 
 
 def _stats_table(x: Condition) -> list[str]:
@@ -87,8 +88,7 @@ def _verdict_line(x: Condition) -> str:
     parts = []
     counts = x.verdicts()
     if counts:
-        names = ["converged", "norm_limited", "improving"] + sorted(set(counts) - {"converged", "norm_limited",
-                                                                                  "improving"})
+        names = list(VERDICTS) + sorted(set(counts) - set(VERDICTS))  # older folders: norm_limited too
         parts.append("Verdicts: " + ", ".join(f"{v.replace('_', '-')} {counts.get(v, 0)}" for v in names)
                      + f" of {n} (share converged {converged_cell(x)})")
     elif np.isfinite(x.converged()).any():
@@ -100,7 +100,12 @@ def _verdict_line(x: Condition) -> str:
                      + (" †" if not_beating(x) else ""))
     at = [r["at_budget"] for r in x.rows if isinstance(r.get("at_budget"), bool)]
     if at and not x.free:
-        parts.append(f"inputs at the budget: {sum(at)} of {len(at)}")
+        share = [r["share_at_budget"] for r in x.rows if isinstance(r.get("share_at_budget"), float)]
+        parts.append(f"inputs at the budget: {sum(at)} of {len(at)}"
+                     + (f" ({pct(sum(share) / len(share))} of their vectors on the cap)" if share else ""))
+    growing = sum(r.get("norm_growing") is True for r in x.rows)
+    if growing:
+        parts.append(f"input norm still growing: {growing} of {len(x.rows)}")
     if not parts:
         return "_No verdicts or copy baseline recorded in this folder._"
     text = "; ".join(parts) + "."
