@@ -40,14 +40,14 @@ def test_bench_rows_and_table(tiny_lm):
 
 
 def test_solver_comparison_rows_and_table():
-    """Every solver on the same problems per condition and budget; the best solver reaches the reference."""
+    """Every solver on the same problems per condition at budget 1; the best solver reaches the reference."""
     from softreach.bench import SOLVERS, solver_comparison, solver_table
     from softreach.random_models import random_model
 
     lm = random_model("llama")
     comp = solver_comparison(lm, 2, targets=2, steps=40, log=lambda _m: None)
     rows = comp["rows"]
-    assert len(rows) == 3 * 2 * len(SOLVERS)
+    assert len(rows) == 5 * len(SOLVERS)
     for i in range(0, len(rows), len(SOLVERS)):
         group = rows[i : i + len(SOLVERS)]
         assert len({(r["condition"], r["budget"]) for r in group}) == 1
@@ -56,7 +56,8 @@ def test_solver_comparison_rows_and_table():
         for t in range(2):
             assert any(r["steps_to_reference"][t] > 0 for r in group)
     table = solver_table(comp)
-    assert "| Exp 2b raw random | 1 |" in table and "copy/warm start, plateau lr 0.2 (default)" in table
+    assert "| Exp 2b raw random | tangent Adam, plateau lr 0.2, 12 decays (default) |" in table
+    assert "| Exp 5A raw corruption 0.5 | projected Adam" in table
 
 
 def test_roof_is_the_best_of_several_shapes():

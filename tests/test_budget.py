@@ -181,10 +181,11 @@ def test_a_plateau_off_the_stationary_point_is_not_converged(capped):
     lm, target, cap, cfg, solved = capped
     stalled = solve_condition(lm, 2, target, 1, dataclasses.replace(cfg, step_rule="projected", plateau_decays=6,
                               steps=1500), seed=0, floor_draws=0, cap=cap)
-    stuck = [i for i, p in enumerate(stalled.problems) if p["gain_per_100_steps"] < cfg.tol / 10]
-    assert stuck and all(stalled.problems[i]["verdict"] == "improving" for i in stuck)
-    assert all(stalled.problems[i]["grad_ratio"] > cfg.grad_tol for i in stuck)
-    assert max(stalled.problems[i]["final_loss"] - solved.problems[i]["final_loss"] for i in stuck) > 0.002
+    rows = stalled.problems
+    assert all(p["gain_per_100_steps"] < cfg.tol / 10 and p["verdict"] == "improving" for p in rows)
+    stuck = [i for i, p in enumerate(rows) if p["grad_ratio"] > cfg.grad_tol]  # stalled off a stationary point
+    assert len(stuck) >= 2
+    assert all(rows[i]["final_loss"] - solved.problems[i]["final_loss"] > 0.002 for i in stuck)
 
 
 def _descend(lm, x, target, cap, cfg, iterations=60):

@@ -3,7 +3,8 @@
 `tests/data/pinned_results.json` holds every problems.jsonl row (timings left out) of a small suite,
 a `run exp1` folder and a constraint ladder on a tiny random model, first recorded before the results
 module, registry and CLI were rewritten; recorded again on purpose for issue 17 (verdicts with one meaning,
-tangent steps at a norm cap, 12 plateau decays: the budgeted folders changed, the free ones only by rounding).
+tangent steps at a norm cap, 12 plateau decays, a decay goes on from the best iterate: the budgeted folders
+changed, the free ones little).
 Record again (only on purpose) with `python tests/test_pinned_results.py`.
 
 Integers, strings and booleans must match exactly; floats to 1e-3 relative (1e-4 absolute), because CPUs

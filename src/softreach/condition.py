@@ -129,7 +129,7 @@ def convergence_verdicts(res: OptimResult, soft: torch.Tensor, cap: float | None
                      A property of the solution, converged or not.
     norm_growing     free inputs whose mean norm still grew > 1% per 100 steps over the last window (the gain
                      may come from a larger input, as the copy route's does).
-    grad_ratio       the projected gradient (median over the last window) over its largest in the first.
+    grad_ratio       the feasible gradient at the best iterate (the solution reported) over the start's.
     """
     out = []
     w = optim.window
@@ -149,9 +149,8 @@ def convergence_verdicts(res: OptimResult, soft: torch.Tensor, cap: float | None
                "input_norm_max": float(vectors.max()), "input_norm_mean": float(vectors.mean()),
                "at_budget": bool(on_cap.any()), "share_at_budget": float(on_cap.float().mean()),
                "norm_growing": cap is None and growth > 0.01}
-        if res.grad_curve is not None and k >= 1:
-            grads = res.grad_curve[row, :k]
-            rec["grad_ratio"] = float(grads[max(0, k - w):].median() / grads[: min(w, k)].max().clamp_min(1e-30))
+        if res.best_grad is not None:
+            rec["grad_ratio"] = float(res.best_grad[row] / res.grad_curve[row, 0].clamp_min(1e-30))
         out.append(rec)
     return out
 

@@ -89,8 +89,8 @@ class OptimConfig:
     """Convergence tolerance in loss units (1 - cos for the default loss): converged once the best loss is
     below tol, or the second half of the run gained less than tol at a stationary point (grad_tol)."""
     grad_tol: float = 0.05
-    """Stationary: the feasible gradient (its outward part removed at vectors on the cap), median over the last
-    window, is below grad_tol x its largest in the first window."""
+    """Stationary: the best iterate's feasible gradient (its outward part removed at vectors on the cap) is
+    below grad_tol x the start's."""
     window: int = 20
     """Steps between convergence checks (and the plateau schedule's look-back)."""
     plateau_decays: int = 12
@@ -396,8 +396,8 @@ class BenchConfig:
     batch_size: int = 64
     """Engine batch."""
     convergence_targets: int = 0
-    """Also compare the solvers on this many SmolLM2 targets per condition (Exp 1, Exp 2b, Exp 4 no MLP) at
-    budgets 1 and inf: steps to the best fidelity found (0: skip; slow)."""
+    """Also compare the solvers on this many SmolLM2 targets per condition (Exp 1, 2a, 2b, 4 no MLP, 5A) at
+    budget 1: evaluations to the best fidelity found (0: skip; slow)."""
     convergence_steps: int = 600
     """Most steps per solver in that comparison."""
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -29,6 +29,7 @@ from .models import LoadedModel
 from .residual import residual_at
 
 _BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
+SETTLE_DECAYS = 3  # plateau schedule: halvings before a plateau may count as converged (steps 8x smaller gained nothing)
 
 
 @dataclass
@@ -40,7 +41,8 @@ class OptimResult:
     seconds: float = 0.0
     converged: torch.Tensor | None = None  # [P] bool: stopped by the convergence criterion
     norm_curve: torch.Tensor | None = None  # [P, steps] mean input-vector norm of each iterate
-    grad_curve: torch.Tensor | None = None  # [P, steps] norm of each iterate's projected gradient (feasible directions)
+    grad_curve: torch.Tensor | None = None  # [P, steps] norm of each iterate's feasible gradient (see feasible_gradient)
+    best_grad: torch.Tensor | None = None  # [P] norm of the best iterate's feasible gradient
     extra: dict = field(default_factory=dict)
 
     @property
@@ -137,14 +139,16 @@ def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Ten
         parts.append(_optimise_chunk(lm, layer, targets[lo:hi], init[lo:hi], cfg, ablation, progress,
                                      checkpoint, chunk, param, group, None if caps is None else caps[lo:hi],
                                      None if frame is None else frame.select(slice(lo, hi))))
-    best, losses, coses, norms, grads, converged, best_loss = (torch.cat([p[k] for p in parts]) for k in range(7))
+    best, losses, coses, norms, grads, converged, best_loss, best_grad = (torch.cat([p[k] for p in parts])
+                                                                          for k in range(8))
     seconds = time.perf_counter() - start
     if param is FREE:
-        return OptimResult(best, losses, coses, best_loss, seconds, converged, norms, grads)
+        return OptimResult(best, losses, coses, best_loss, seconds, converged, norms, grads, best_grad)
     with torch.no_grad():
         inputs = torch.cat([param.inputs(best[lo : lo + batch].to(lm.device)).float().cpu()
                             for lo in range(0, best.shape[0], batch)])
-    return OptimResult(inputs, losses, coses, best_loss, seconds, converged, norms, grads, extra={"param": best})
+    return OptimResult(inputs, losses, coses, best_loss, seconds, converged, norms, grads, best_grad,
+                       extra={"param": best})
 
 
 def _adam_update(soft, grad, m, v, step: int, lr: torch.Tensor) -> None:
@@ -181,8 +185,8 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
                     param=FREE, group=1, caps=None, frame=None):
     """Optimise one batch of problems. Rows come in groups of `group` restarts of one target; with
     cfg.prune_after, only the best row of each group continues past that step. Returns
-    (best parameter [B, T, ...], loss curve [B, S], cos curve [B, S], norm curve [B, S], projected-gradient
-    curve [B, S], converged [B], best loss [B])."""
+    (best parameter [B, T, ...], loss curve [B, S], cos curve [B, S], norm curve [B, S], feasible-gradient
+    curve [B, S], converged [B], best loss [B], the best iterate's feasible-gradient norm [B])."""
     dev = lm.device
     model, compute = lm.compute_model(cfg.dtype), getattr(torch, cfg.dtype)
     all_targets = targets.to(dev, torch.float32)  # [B, T, d]
@@ -193,6 +197,7 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
         "step": 0,
         "best": clip_norms(init.float().clone(), caps),  # [B, T, ...] best iterate of every row (CPU)
         "best_loss": torch.full((rows,), math.inf),  # [B] its loss
+        "best_grad": torch.full((rows,), float("nan")),  # [B] its feasible-gradient norm
         "loss_curve": torch.full((rows, cfg.steps), float("nan")),
         "cos_curve": torch.full((rows, cfg.steps), float("nan")),
         "norm_curve": torch.full((rows, cfg.steps), float("nan")),
@@ -206,7 +211,8 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
     loaded = checkpoint.load(chunk)
     if loaded is not None:
         s = {k: (v.to(dev) if k in ("soft", "m", "v") else v) for k, v in loaded.items()}
-        s.setdefault("grad_curve", torch.full((rows, cfg.steps), float("nan")))  # checkpoints written before it
+        for key, shape in (("grad_curve", (rows, cfg.steps)), ("best_grad", (rows,))):  # checkpoints made before them
+            s.setdefault(key, torch.full(shape, float("nan")))
         if progress:
             done = int((~torch.isnan(s["cos_curve"])).sum())
             last = s["cos_curve"][s["alive"], s["step"] - 1] if s["step"] and len(s["alive"]) else torch.tensor([float("nan")])
@@ -230,12 +236,13 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
         (grad,) = torch.autograd.grad(loss.sum(), soft)
         soft = soft.detach()
         loss, cos = loss.detach().cpu(), cos.detach().cpu()
-        _record_best(s, soft, loss)
+        feasible = feasible_gradient(grad, soft, None if caps is None else caps[alive])
+        grad_norm = feasible.flatten(1).norm(dim=1).cpu()  # [B']
+        _record_best(s, soft, loss, grad_norm)
         s["loss_curve"][alive, step] = loss
         s["cos_curve"][alive, step] = cos
         s["norm_curve"][alive, step] = inputs.detach().float().norm(dim=-1).mean(1).cpu()
-        feasible = feasible_gradient(grad, soft, None if caps is None else caps[alive])
-        s["grad_curve"][alive, step] = feasible.flatten(1).norm(dim=1).cpu()
+        s["grad_curve"][alive, step] = grad_norm
         if cfg.step_rule == "tangent":  # Adam on the feasible gradient: its fixed points are stationary points
             grad = feasible
         with torch.no_grad():
@@ -248,12 +255,20 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
         _check_convergence(s, cfg)
         if checkpoint.every and (s["step"] % checkpoint.every == 0 or s["step"] == cfg.steps or not len(s["alive"])):
             checkpoint.save(chunk, {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in s.items()})
-    if len(s["alive"]):  # the iterate after the last step is a candidate too
-        with torch.no_grad():
-            _, loss, _ = _evaluate(model, compute, layer, s["soft"], all_targets[s["alive"].to(dev)], cfg, ablation,
-                                   param, None if frame is None else frame.select(s["alive"]))
-        _record_best(s, s["soft"], loss.cpu())
-    return s["best"], s["loss_curve"], s["cos_curve"], s["norm_curve"], s["grad_curve"], s["converged"], s["best_loss"]
+    if len(s["alive"]):  # the iterate after the last step is a candidate too (free vectors: its gradient too)
+        alive = s["alive"]
+        soft = s["soft"].requires_grad_(param is FREE)  # constrained parameters record their forwards
+        with torch.set_grad_enabled(param is FREE):
+            _, loss, _ = _evaluate(model, compute, layer, soft, all_targets[alive.to(dev)], cfg, ablation, param,
+                                   None if frame is None else frame.select(alive))
+        grad_norm = torch.full((len(alive),), float("nan"))
+        if param is FREE:
+            (grad,) = torch.autograd.grad(loss.sum(), soft)
+            feasible = feasible_gradient(grad, soft.detach(), None if caps is None else caps[alive])
+            grad_norm = feasible.flatten(1).norm(dim=1).cpu()
+        _record_best(s, soft.detach(), loss.detach().cpu(), grad_norm)
+    return (s["best"], s["loss_curve"], s["cos_curve"], s["norm_curve"], s["grad_curve"], s["converged"],
+            s["best_loss"], s["best_grad"])
 
 
 def _evaluate(model, compute, layer, soft, target, cfg: OptimConfig, ablation, param, frame=None):
@@ -269,24 +284,27 @@ def _evaluate(model, compute, layer, soft, target, cfg: OptimConfig, ablation, p
     return inputs, (loss if extra is None else loss + extra), cos
 
 
-def _record_best(s: dict, soft: torch.Tensor, loss: torch.Tensor) -> None:
-    """Keep each alive row's iterate `soft` [B', T, ...] where its loss [B'] (CPU) beats its best so far."""
+def _record_best(s: dict, soft: torch.Tensor, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    """Keep each alive row's iterate `soft` [B', T, ...] where its loss [B'] (CPU) beats its best so far, with the
+    norm of its feasible gradient [B'] (CPU)."""
     alive = s["alive"]
     improved = loss < s["best_loss"][alive]
     s["best"][alive[improved]] = soft[improved.to(soft.device)].detach().cpu()
     s["best_loss"][alive[improved]] = loss[improved]
+    s["best_grad"][alive[improved]] = grad_norm[improved]
 
 
 def _check_convergence(s: dict, cfg: OptimConfig) -> None:
     """Mark (and, with early_stop, drop) the rows that have converged; decay stalled rows' lr (plateau).
 
     Converged: the best loss is below tol (the loss is >= 0, so no more than tol is left to gain), or both
-    (a) the second half of the run gained less than tol (a plateau), and (b) the projected gradient, median
-    over the last window, is below grad_tol x its largest value in the first window (a stationary point of
-    the loss on the feasible set: at a norm cap, only the outward part of the gradient may stay). The plateau
-    alone is no test: a row whose learning rate has decayed gains little per step wherever it is. Checked
+    (a) the second half of the run gained less than tol (a plateau), and (b) the best iterate, the one
+    reported, is a stationary point of the loss on the feasible set: its feasible gradient (at a norm cap
+    only the outward part of the gradient may stay) is below grad_tol x the start's. The plateau alone is no
+    test: a row whose learning rate has decayed, or whose steps overshoot, gains little wherever it is. Checked
     at the end of every window, from 2 windows on. Plateau schedule: a row whose best loss gained
-    < tol / 100 over the last window has its lr halved (at most plateau_decays times).
+    < tol / 100 over the last window has its lr halved (at most plateau_decays times) and goes on from its
+    best iterate; (b) then also needs SETTLE_DECAYS halvings first.
     """
     step, w = s["step"], cfg.window
     if not len(s["alive"]):
@@ -297,14 +315,17 @@ def _check_convergence(s: dict, cfg: OptimConfig) -> None:
     if step % w == 0 and step >= 2 * w:
         curve = torch.nan_to_num(s["loss_curve"][alive, :step], nan=math.inf)
         plateau = curve[:, : step // 2].min(1).values - best < cfg.tol
-        grads = s["grad_curve"][alive]
-        stationary = grads[:, step - w : step].median(1).values < cfg.grad_tol * grads[:, :w].amax(1)
+        stationary = s["best_grad"][alive] < cfg.grad_tol * s["grad_curve"][alive, 0]
+        if cfg.schedule == "plateau":  # smaller steps from the best iterate were tried, and gained nothing either
+            stationary &= s["decays"][alive] >= min(SETTLE_DECAYS, cfg.plateau_decays)
         done |= plateau & stationary
         if cfg.schedule == "plateau":
             stalled = curve[:, : step - w].min(1).values - best < cfg.tol / 100
             decay = stalled & ~done & (s["decays"][alive] < cfg.plateau_decays)
             s["lr_scale"][alive[decay]] *= 0.5
             s["decays"][alive[decay]] += 1
+            if decay.any():  # go on from the best iterate: steps that overshoot it wander off, smaller ones may not
+                s["soft"][decay.to(s["soft"].device)] = s["best"][alive[decay]].to(s["soft"].device)
     s["converged"][alive[done]] = True
     if cfg.early_stop and done.any():
         _keep(s, ~done)
