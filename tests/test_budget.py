@@ -20,7 +20,6 @@ from softreach.optimize import (
     feasible_gradient,
     initial_prompts,
     optimise,
-    projected_grad_norm,
 )
 from softreach.random_models import random_model
 from softreach.residual import residual_at
@@ -141,6 +140,9 @@ def test_verdicts_converged_and_cut_short():
 
 
 def test_projected_gradient_drops_only_the_outward_part_at_the_cap():
+    def projected_grad_norm(grad, x, caps):
+        return feasible_gradient(grad, x, caps).flatten(1).norm(dim=1)
+
     x = torch.tensor([[[2.0, 0.0], [0.5, 0.0]]])  # [1, 2, 2]: one vector on the cap 2, one inside
     caps = torch.tensor([2.0])
     outward = torch.tensor([[[-1.0, 0.0], [0.0, 0.0]]])  # descent (-grad) pushes the capped vector out

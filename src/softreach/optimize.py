@@ -8,8 +8,8 @@ get gradients, and the forward stops at the target layer.
 Each problem keeps its best iterate (lowest loss seen), may carry an input-norm cap (every vector's
 norm is clipped to it after every step), and leaves the batch once it has converged (its best loss is
 below `tol`, or its run has plateaued at a stationary point of the feasible set: see _check_convergence).
-With the "plateau" schedule a
-problem whose best loss stalls over a window has its own learning rate halved.
+With the "plateau" schedule a problem whose best loss stalls over a window has its own learning rate
+halved and goes on from its best iterate.
 """
 from __future__ import annotations
 
@@ -176,11 +176,6 @@ def feasible_gradient(grad: torch.Tensor, x: torch.Tensor, caps: torch.Tensor | 
     return grad - torch.where(outward, radial, 0.0) * x / norms
 
 
-def projected_grad_norm(grad: torch.Tensor, x: torch.Tensor, caps: torch.Tensor | None) -> torch.Tensor:
-    """Norm per problem [B] of the feasible gradient (see feasible_gradient)."""
-    return feasible_gradient(grad, x, caps).flatten(1).norm(dim=1)
-
-
 def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progress, checkpoint, chunk,
                     param=FREE, group=1, caps=None, frame=None):
     """Optimise one batch of problems. Rows come in groups of `group` restarts of one target; with
@@ -237,7 +232,7 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
         soft = soft.detach()
         loss, cos = loss.detach().cpu(), cos.detach().cpu()
         feasible = feasible_gradient(grad, soft, None if caps is None else caps[alive])
-        grad_norm = feasible.flatten(1).norm(dim=1).cpu()  # [B']
+        grad_norm = feasible.flatten(1).norm(dim=1).cpu()  # [B'] its norm, for the verdict
         _record_best(s, soft, loss, grad_norm)
         s["loss_curve"][alive, step] = loss
         s["cos_curve"][alive, step] = cos
