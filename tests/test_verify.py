@@ -118,9 +118,12 @@ def test_a_parent_folder_checks_every_result_folder_below_it_and_max_problems(fo
     assert code == 0 and "2 of 2 result folders agree" in text
 
 
-def test_a_path_without_result_folders_is_exit_2_with_one_line(tmp_path, capsys):
+def test_a_path_without_result_folders_is_exit_2_with_one_line(folder, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["verify", str(tmp_path / "empty")]) == 2
     assert main(["verify", str(tmp_path / "missing")]) == 2
+    assert main(["verify", str(folder), "--device", "tpu"]) == 2
+    assert main(["verify", str(folder), "--tol", "-1"]) == 2
     err = capsys.readouterr().err.splitlines()
-    assert len(err) == 2 and "holds no result folder" in err[0] and "is not a folder" in err[1]
+    assert len(err) == 4 and "holds no result folder" in err[0] and "is not a folder" in err[1]
+    assert "unknown device" in err[2] and "--tol must be positive" in err[3]

@@ -89,15 +89,20 @@ def verify(*paths: str | Path, max_problems: int | None = None, tol: float = 1e-
     """
     from tqdm.auto import tqdm
 
+    from .models import pick_device
+
     if max_problems is not None and max_problems < 1:
         raise UserError(f"--max-problems must be at least 1, got {max_problems}")
+    if not tol > 0:
+        raise UserError(f"--tol must be positive, got {tol}")
+    dev = pick_device(device)
     folders = [f for p in paths for f in result_folders(p)]
     models: dict[tuple, torch.nn.Module] = {}
     checks = []
     with tqdm(folders, desc="verify", unit="folder", disable=not progress) as bar:
         for folder in bar:
             bar.set_postfix_str(folder.name)
-            checks.append(check_folder(folder, models, max_problems, tol, torch.device(device)))
+            checks.append(check_folder(folder, models, max_problems, tol, dev))
     return checks
 
 

@@ -17,7 +17,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-problems", type=int, default=None, metavar="N", help="check the first N rows of each folder")
     p.add_argument("--tol", type=float, default=1e-4, help="largest accepted |reported - recomputed| for a cosine "
                    "(MSE-like fields: relative 10 x tol) (default: 1e-4)")
-    p.add_argument("--device", default="cpu", help="where to recompute (default: cpu)")
+    p.add_argument("--device", default="cpu", help="where to recompute: cpu, cuda or auto (default: cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     refuse_settings(p, "verify")
     return p
