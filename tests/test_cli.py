@@ -7,7 +7,6 @@ import pytest
 from softreach.cli import main
 
 
-
 def _run(args, capsys):
     code = main(args)
     err = capsys.readouterr().err

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .budget import clip_norms
 from .errors import UserError
 from .results.folder import read_json, read_problems
 
@@ -341,10 +342,7 @@ def _check_copy(check, f: _Folder, rows, target, config, tol) -> None:
     best, best_np0 = torch.full((len(target),), -2.0), torch.full((len(target),), -2.0)
     idx = torch.arange(len(target))
     for a in COPY_GRID:
-        x = a * target
-        if cap is not None:
-            x = x * (cap / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
-        cos = F.cosine_similarity(f.residual(idx, x), target, dim=-1)  # [k, P]
+        cos = F.cosine_similarity(f.residual(idx, clip_norms(a * target, cap)), target, dim=-1)  # [k, P]
         best = torch.maximum(best, cos.mean(1))
         if cos.shape[1] > 1:
             best_np0 = torch.maximum(best_np0, cos[:, 1:].mean(1))
