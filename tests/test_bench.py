@@ -66,3 +66,20 @@ def test_roof_is_the_best_of_several_shapes():
     dev = torch.device("cpu")
     small = (8, 8, 8)
     assert matmul_roof(torch.float32, dev, n=64, seconds=0.2, shapes=[small]) >= 0.5 * _gemm_rate(small, torch.float32, dev, 0.05)
+
+
+def test_reference_values_take_the_better_run_per_target():
+    """The reference of a target is the best of the long runs, which run from the same starts as each alone."""
+    from softreach.bench import REFERENCE_RUNS, reference_table, reference_values
+    from softreach.random_models import random_model
+
+    lm = random_model("llama")
+    refs = reference_values(lm, 2, targets=2, steps=30, log=lambda _m: None)
+    assert len(refs["rows"]) == 5 * 2
+    for r in refs["rows"]:
+        assert set(r["by_run"]) == set(REFERENCE_RUNS)
+        assert r["reference"] == max(r["by_run"].values())
+        assert r["by_run"][r["run"]] == r["reference"]
+        assert r["verdict"] in ("converged", "improving")
+    table = reference_table(refs)
+    assert table.count("\n| Exp ") == 5 and "| Exp 2b raw random |" in table

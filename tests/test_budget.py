@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from conftest import MemoryCheckpoint
 
 from softreach.budget import absolute_cap, clip_norms, mean_token_norm, parse_budgets
-from softreach.cli import main
 from softreach.condition import objective, solve_condition
 from softreach.copy_route import COPY_SCALES, copy_baseline
 from softreach.errors import UserError

@@ -4,7 +4,7 @@ import torch
 
 from softreach import manifold
 from softreach.budget import mean_token_norm
-from softreach.config import LadderSettings
+from softreach.ladder.config import LadderSettings
 from softreach.constraints import NearestPenalty, NormBound, StraightThrough, TokenMixture
 from softreach.errors import UserError
 from softreach.ladder.rungs import rung_settings, run_rung, setting_name, start_vectors

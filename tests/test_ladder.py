@@ -7,7 +7,7 @@ from conftest import verify
 from safetensors.torch import load_file
 
 from softreach.cli import main
-from softreach.config import LadderConfig, LadderSettings
+from softreach.ladder.config import LadderConfig, LadderSettings
 from softreach.errors import UserError
 from softreach.ladder import run_ladder, run_ladder_config
 from softreach.plots.ladder import frontier_figure

@@ -7,7 +7,7 @@ import torch
 from conftest import verify
 from safetensors.torch import load_file
 
-from softreach.config import LadderSettings
+from softreach.ladder.config import LadderSettings
 from softreach.errors import UserError
 from softreach.frame import TextFrame, frame_residual_of_tokens
 from softreach.manifold import token_table

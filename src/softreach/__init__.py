@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 _API = {  # name -> module that defines it
     "absolute_cap": "budget", "mean_token_norm": "budget",
     "ConditionResult": "condition", "achieved_residuals": "condition", "solve_condition": "condition",
-    "OptimConfig": "config", "RunConfig": "config", "SuiteConfig": "config", "LadderSettings": "config",
+    "OptimConfig": "config", "RunConfig": "config", "SuiteConfig": "config", "LadderSettings": "ladder.config",
     "copy_baseline": "copy_route", "load_corpus_text": "corpus", "UserError": "errors",
     "real_targets": "targets", "run_exp1": "experiments.suite", "run_suite": "experiments.suite",
     "random_token_floor": "floor", "problem_metrics": "metrics", "reachability_loss": "metrics",

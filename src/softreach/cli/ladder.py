@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import LadderConfig
+from ..ladder.config import LadderConfig
 from .args import add_config_flags, add_output_options, add_settings_options, settings
 
 

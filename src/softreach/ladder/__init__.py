@@ -17,10 +17,18 @@ agreement, and the cost: forward passes spent producing the result (an optimiser
 pass or candidate = one; the ladder's evaluation is not counted; projection counts the free rung's) and
 seconds per target (batched rungs: wall time / N).
 
-Modules: rungs (one rung setting: names, shared starts, run_rung), runner (run_ladder, run_ladder_config).
+Modules: config (LadderSettings, LadderConfig), rungs (one rung setting: names, shared starts, run_rung), runner
+(run_ladder, run_ladder_config).
 """
-from .rungs import RungOutput, rung_settings, run_rung, setting_name, start_ids, start_vectors
-from .runner import evaluate_output, run_ladder, run_ladder_config
+_API = {"RungOutput": "rungs", "rung_settings": "rungs", "run_rung": "rungs", "setting_name": "rungs",
+        "start_ids": "rungs", "start_vectors": "rungs", "evaluate_output": "runner", "run_ladder": "runner",
+        "run_ladder_config": "runner"}
+__all__ = sorted(_API)
 
-__all__ = ["RungOutput", "evaluate_output", "rung_settings", "run_ladder", "run_ladder_config", "run_rung",
-           "setting_name", "start_ids", "start_vectors"]
+
+def __getattr__(name: str):  # imported on first use, so the ladder's settings (ladder.config) load without torch
+    if name not in _API:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_API[name]}", __name__), name)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..config import RUNGS, LadderSettings
+from .config import RUNGS, LadderSettings
 from ..constraints import NearestPenalty, NormBound, StraightThrough, TokenMixture
 from ..errors import UserError
 from ..frame import TextFrame, frame_residual_of_tokens

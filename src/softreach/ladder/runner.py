@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from ..condition import ConditionResult, achieved_residuals, metric_rows, summarise
-from ..config import RUNGS, LadderConfig, LadderSettings, RunConfig
+from ..config import RunConfig
+from .config import RUNGS, LadderConfig, LadderSettings
 from ..downstream import next_token_agreement
 from ..errors import UserError
 from ..floor import random_token_floor

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RUNGS
+from ..ladder.config import RUNGS
 from ..errors import UserError
 from ..plots.ladder import frontier_figure
 from ..results.folder import atomic_write_text, dumps_json, is_done, read_json, read_problems

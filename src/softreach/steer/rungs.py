@@ -15,7 +15,7 @@ import time
 import torch
 
 from ..condition import ConditionResult, summarise
-from ..config import LadderSettings
+from ..ladder.config import LadderSettings
 from ..errors import UserError
 from ..ladder.rungs import run_pez
 from ..manifold import TokenTable, nearest_rows, token_table
