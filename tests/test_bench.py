@@ -83,3 +83,4 @@ def test_reference_values_take_the_better_run_per_target():
         assert r["verdict"] in ("converged", "improving")
     table = reference_table(refs)
     assert table.count("\n| Exp ") == 5 and "| Exp 2b raw random |" in table
+    assert [r["condition"] for r in refs["rows"]][-1] == "Exp 1 real"

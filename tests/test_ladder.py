@@ -14,11 +14,11 @@ from softreach.plots.ladder import frontier_figure
 from softreach.report.ladder import frontier_table, load_frontier
 from softreach.targets import residuals_of_tokens
 
-ALL = ["free", "norm_bound", "nearest_penalty", "mixture", "projected", "gcg", "projection", "random_tokens",
-       "own_tokens"]
+ALL = ["free", "norm_bound", "nearest_penalty", "mixture", "projected", "gcg", "causal", "projection",
+       "random_tokens", "own_tokens"]
 FOLDERS = ["free", "norm_bound_c1", "norm_bound_c4", "nearest_penalty_w0.1", "mixture_tau1", "mixture_tau1_argmax",
-           "projected", "gcg", "projection", "random_tokens", "own_tokens"]
-DISCRETE = ["mixture_tau1_argmax", "projected", "gcg", "projection", "random_tokens", "own_tokens"]
+           "projected", "gcg", "causal", "projection", "random_tokens", "own_tokens"]
+DISCRETE = ["mixture_tau1_argmax", "projected", "gcg", "causal", "projection", "random_tokens", "own_tokens"]
 SETTINGS = dict(steps=8, norm_bounds=(1, 4), penalty_weights=(0.1,), gcg_budget=20, gcg_candidates=6, gcg_top_k=4,
                 floor_draws=2)
 LAYER = 2
@@ -61,6 +61,14 @@ def test_rows_carry_rung_fidelity_distance_downstream_and_cost(ladder):
             assert r["setting_name"] == name and r["discrete"] == (name in DISCRETE)
     gcg = [json.loads(x) for x in (ladder / "gcg" / "problems.jsonl").read_text().splitlines()]
     assert all(r["forward_passes"] <= 20 for r in gcg)
+    # known answers: the discrete rungs say how much of the source tokens they recovered
+    recovery = {name: [json.loads(x) for x in (ladder / name / "problems.jsonl").read_text().splitlines()]
+                for name in DISCRETE}
+    assert all(r["token_recovery"] == 1 and r["exact_recovery"] == 1 for r in recovery["own_tokens"])
+    assert all(r["token_recovery"] == 1 and r["exact_recovery"] == 1 for r in recovery["causal"])
+    assert all(r["exact_recovery"] == 0 and r["token_recovery"] < 0.5 for r in recovery["random_tokens"])
+    assert not any("token_recovery" in json.loads(x)
+                   for x in (ladder / "free" / "problems.jsonl").read_text().splitlines())
     config = json.loads((ladder / "norm_bound_c4" / "config.json").read_text())
     assert config["rung"] == "norm_bound" and config["setting"] == 4.0 and config["layer"] == LAYER
 
@@ -95,6 +103,8 @@ def test_frontier_json_table_and_figure(ladder, tmp_path):
     for name in FOLDERS:
         assert f"| {name} |" in table
     assert "Random-token floor" in table
+    causal = next(line for line in table.splitlines() if line.startswith("| causal |"))
+    assert "| 1.000 | 1.00 |" in causal  # tokens recovered, exactly recovered
     png = frontier_figure(load_frontier(ladder), tmp_path / "frontier.png")
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 

@@ -243,18 +243,22 @@ REFERENCE_RUNS = {
 }
 
 
-def reference_values(lm: LoadedModel, layer: int, targets: int, steps: int, seed: int = 0, log=print) -> dict:
+def reference_values(lm: LoadedModel, layer: int, targets: int, steps: int, seed: int = 0, log=print,
+                     partial=None) -> dict:
     """Reference fidelities at budget 1: per condition of solver_conditions and per target, the best cos without
     position 0 that REFERENCE_RUNS reach in up to `steps` evaluations each (the default stops when converged).
 
     The number each solver is measured against, as far as anyone here has pushed it; `converged` says whether
     the run that reached it passed the convergence test (else the reference is itself a lower bound).
+    `partial(result so far)` is called after each condition (long runs lose nothing when stopped).
     """
     from .budget import absolute_cap
     from .condition import solve_condition
 
     rows = []
-    for cond, (target, ablation) in solver_conditions(lm, layer, targets, seed).items():
+    conditions = solver_conditions(lm, layer, targets, seed)
+    for cond in sorted(conditions, key=lambda c: c == "Exp 1 real"):  # the hard ones first; Exp 1 converges anyway
+        target, ablation = conditions[cond]
         runs = {}
         for name, kw in REFERENCE_RUNS.items():
             log(f"references: {cond}, budget 1, {name}, up to {steps} evaluations ...")
@@ -269,6 +273,10 @@ def reference_values(lm: LoadedModel, layer: int, targets: int, steps: int, seed
                          "copy_cos_no_pos0": p["copy_cos_no_pos0"],
                          "by_run": {n: r.problems[i]["cos_no_pos0"] for n, r in runs.items()},
                          "seconds": sum(r.seconds for r in runs.values()) / target.shape[0]})
+        log(f"references: {cond}: " + ", ".join(f"{r['reference']:.4f} ({r['verdict']})" for r in rows
+                                                 if r["condition"] == cond))
+        if partial:
+            partial({"layer": layer, "targets": targets, "max_steps": steps, "rows": rows})
     return {"layer": layer, "targets": targets, "max_steps": steps, "rows": rows}
 
 
@@ -346,6 +354,15 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _partial_writer(json_out: str | None):
+    """Writes the reference values so far beside the final JSON (json_out + '.partial'), or nothing."""
+    if not json_out:
+        return None
+    from .results.folder import atomic_write_text
+
+    return lambda refs: atomic_write_text(f"{json_out}.partial", json.dumps({"references": refs}, indent=2) + "\n")
+
+
 def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, steps: int = 10,
               baseline_steps: int = 5, batch_size: int = 64, json_out: str | None = None, log=print,
               convergence_targets: int = 0, convergence_steps: int = 600) -> dict:
@@ -366,7 +383,7 @@ def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, s
         if name == "references":
             lm = load_model("smollm2-135m", str(dev))
             result["references"] = reference_values(lm, lm.default_layer(), max(convergence_targets, 1),
-                                                    convergence_steps, log=log)
+                                                    convergence_steps, log=log, partial=_partial_writer(json_out))
             del lm
             continue
         if name == "steer":

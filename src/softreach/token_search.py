@@ -8,7 +8,8 @@ One target at a time. Each iteration:
   4. the best candidate replaces the current sequence only if its loss is lower (greedy, so the
      result is never worse than the start).
 The budget is in forward passes per target: the start's evaluation, each gradient pass and each
-candidate count one; the search stops before it would exceed the budget.
+candidate count one; the search stops before it would exceed the budget, or once the loss is at most
+stop_loss (the target reached).
 With a `frame` (fixed text around K soft slots) only the slot tokens are searched and the loss is over
 the frame's positions (position 0 never left out).
 """
@@ -36,12 +37,15 @@ if TYPE_CHECKING:
 class GCGConfig:
     """How the discrete search runs."""
 
-    budget: int = 256
-    """Forward passes per target (start evaluation + gradient passes + every candidate)."""
-    top_k: int = 64
-    """Candidate tokens per position, by the one-hot gradient."""
-    candidates: int = 64
-    """Single-swap candidates per iteration."""
+    budget: int = 2048
+    """Forward passes per target (start evaluation + gradient passes + every candidate); nanoGCG's default
+    strength is 250 iterations of 512 candidates: 128250."""
+    top_k: int = 256
+    """Candidate tokens per position, by the one-hot gradient (nanoGCG's default)."""
+    candidates: int = 512
+    """Single-swap candidates per iteration (nanoGCG's search width)."""
+    stop_loss: float = 1e-6
+    """Stop a target once its loss is at most this (the target is reached: its own tokens give ~1e-7)."""
     memory_budget_mb: float | None = None
     """Memory one candidate batch may use, in MiB; None: half of what is free."""
 
@@ -142,7 +146,7 @@ def gcg_search(lm: LoadedModel, layer: int, targets: torch.Tensor, init_ids: tor
         out.start_loss.append(float(loss))
         if progress:
             progress(1, float(cos))
-        while passes + 2 <= cfg.budget:  # room for a gradient pass and at least one candidate
+        while passes + 2 <= cfg.budget and loss > cfg.stop_loss:  # room for a gradient pass and a candidate
             grad = token_gradient(lm, layer, rows_of(ids), targets[i], optim, table.emb, row)  # [T, V']
             passes += 1
             top = (-grad).topk(top_k, dim=1).indices.cpu()  # [T, k] table rows

@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..overrides import parse_list
 
 CONTINUOUS_RUNGS = ("free", "norm_bound", "nearest_penalty", "mixture")
-DISCRETE_RUNGS = ("projected", "gcg")
+DISCRETE_RUNGS = ("projected", "gcg", "causal")
 BASELINE_RUNGS = ("projection", "random_tokens", "own_tokens")
 RUNGS = CONTINUOUS_RUNGS + DISCRETE_RUNGS + BASELINE_RUNGS
 
@@ -51,14 +51,20 @@ class LadderSettings:
     """nearest_penalty distance: l2 (squared distance / mean squared token norm) or cos (1 - cosine)."""
     mixture_taus: tuple = (1.0,)
     """mixture: softmax temperatures."""
-    gcg_budget: int = 256
-    """gcg: forward passes per target (every candidate and every gradient pass counts one)."""
-    gcg_top_k: int = 64
-    """gcg: candidate tokens per position, the most promising by the one-hot gradient."""
-    gcg_candidates: int = 64
-    """gcg: single-swap candidates evaluated per iteration."""
+    gcg_budget: int = 2048
+    """gcg: forward passes per target (every candidate and every gradient pass counts one); about a minute per
+    target on 2 CPU cores (SmolLM2, T=20); nanoGCG's full strength (250 x 512 candidates): 128250."""
+    gcg_top_k: int = 256
+    """gcg: candidate tokens per position, the most promising by the one-hot gradient (nanoGCG's default)."""
+    gcg_candidates: int = 512
+    """gcg: single-swap candidates evaluated per iteration (nanoGCG's search width)."""
     gcg_init: Literal["random", "projected"] = "random"
     """gcg start: random tokens (the shared start) or the projected rung's tokens."""
+    causal_chunk: int = 32
+    """causal: candidates checked in a position's first round (each next round twice as many)."""
+    causal_max_candidates: int = 0
+    """causal: most candidates checked per position (0: the whole vocabulary; a reproducing token is then always
+    found when the prefix is right)."""
     batch_size: int = 64
     """Problems per batched optimisation step."""
     memory_budget_mb: Optional[float] = None
@@ -87,6 +93,8 @@ class LadderSettings:
             raise UserError(f"--gcg-budget must be at least 2 forward passes, got {self.gcg_budget}")
         if self.gcg_top_k < 1 or self.gcg_candidates < 1:
             raise UserError("--gcg-top-k and --gcg-candidates must be at least 1")
+        if self.causal_chunk < 1 or self.causal_max_candidates < 0:
+            raise UserError("--causal-chunk must be at least 1 and --causal-max-candidates at least 0")
         if self.floor_draws < 0:
             raise UserError(f"--floor-draws must be >= 0, got {self.floor_draws}")
         self.optim(self.lr)  # validates steps, mse settings, batch size and memory budget

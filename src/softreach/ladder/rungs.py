@@ -20,10 +20,11 @@ from ..metrics import reachability_loss
 from ..models import LoadedModel
 from ..optimize import InputParam, OptimConfig, initial_prompts, optimise
 from ..targets import residuals_of_tokens
+from ..causal_search import CausalConfig, causal_search
 from ..token_search import GCGConfig, gcg_search
 
 _SETTING_PREFIX = {"norm_bound": "c", "nearest_penalty": "w", "mixture": "tau"}
-VOCAB_RUNGS = ("projection", "projected", "gcg", "random_tokens")  # run once per LadderSettings.vocab_percent
+VOCAB_RUNGS = ("projection", "projected", "gcg", "causal", "random_tokens")  # run once per LadderSettings.vocab_percent
 
 
 def vocab_suffix(percent: float) -> str:
@@ -158,6 +159,15 @@ def run_rung(lm: LoadedModel, layer: int, targets: torch.Tensor, rung: str, valu
                                  extra={"start_loss": res.start_loss, "final_loss": res.loss,
                                         "iterations": res.iterations, "accepted": res.accepted,
                                         "candidate_batch": res.candidate_batch})}
+
+    if rung == "causal":
+        res = causal_search(lm, layer, targets, CausalConfig(settings.causal_chunk, settings.causal_max_candidates),
+                            table, progress=progress)
+        return {name: RungOutput(_embed(lm, res.ids), res.ids, res.forward_passes, res.seconds,
+                                 extra={"single_position_forwards": res.passes,
+                                        "candidates_per_position": res.candidates.tolist(),
+                                        "exact_positions": res.exact.float().mean(1).tolist(),
+                                        "position_error": res.position_error.tolist()})}
 
     start = time.perf_counter()
     if rung == "projection":

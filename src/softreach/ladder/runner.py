@@ -28,8 +28,11 @@ _NO_BAR = ("projection", "random_tokens", "own_tokens")  # rungs with nothing to
 
 
 def evaluate_output(lm: LoadedModel, layer: int, targets: torch.Tensor, output: RungOutput, floor: dict,
-                    table: TokenTable) -> ConditionResult:
-    """Metrics of one rung output against targets [N, T, d]; discrete outputs are run from their ids."""
+                    table: TokenTable, tokens: torch.Tensor | None = None) -> ConditionResult:
+    """Metrics of one rung output against targets [N, T, d]; discrete outputs are run from their ids.
+
+    With the targets' own tokens [N, T], a discrete output also reports the share of positions whose token is
+    the source token (`token_recovery`) and whether all are (`exact_recovery`, 0 or 1)."""
     start = time.perf_counter()
     if output.ids is not None:
         achieved = residuals_of_tokens(lm, output.ids, layer)  # [N, T, d] ordinary forward from input_ids
@@ -49,6 +52,10 @@ def evaluate_output(lm: LoadedModel, layer: int, targets: torch.Tensor, output: 
             if key in down:
                 rec[key] = float(down[key][i])
         rec["forward_passes"] = int(output.forward_passes[i])
+        if tokens is not None and output.ids is not None:  # known answer: how much of it the search recovered
+            same = output.ids[i].cpu() == tokens[i].cpu()  # [T]
+            rec["token_recovery"] = float(same.float().mean())
+            rec["exact_recovery"] = float(same.all())
         rec["seconds"] = float(output.seconds[i])
     curves = output.loss_curve is not None
     return ConditionResult(
@@ -133,7 +140,7 @@ def run_ladder(lm: LoadedModel, layer: int, targets: torch.Tensor, tokens: torch
         names = [name, f"{name}_argmax"] if rung == "mixture" else [name]
         if all(is_done(out / x) for x in names):
             continue
-        total = n * (settings.gcg_budget if rung == "gcg" else settings.steps)
+        total = n * {"gcg": settings.gcg_budget, "causal": t}.get(rung, settings.steps)
         with StepBar(total, f"ladder {name}", show_progress and rung not in _NO_BAR) as bar:
             outputs = run_rung(lm, layer, targets, rung, value, settings, seed, rung_table, tokens,
                                free=need("free") if rung == "projection" else None,
@@ -144,7 +151,7 @@ def run_ladder(lm: LoadedModel, layer: int, targets: torch.Tensor, tokens: torch
         run = RunConfig(model=model_spec or lm.source, layer=layer, targets=n, restarts=1, seq_len=t, seed=seed,
                         floor_draws=settings.floor_draws, device=str(lm.device.type), optim=settings.optim(lr))
         for folder, output in outputs.items():
-            result = evaluate_output(lm, layer, targets, output, floor, rung_table)
+            result = evaluate_output(lm, layer, targets, output, floor, rung_table, tokens)
             discrete = output.ids is not None
             vocab = {"vocab_percent": p, "vocab_size": int(rung_table.ids.numel())} \
                 if restricted and rung in VOCAB_RUNGS else {}

@@ -9,13 +9,13 @@ from .axes import _cosine_axis, _new_figure, _save
 _STYLE = {  # rung -> (colour, marker, short label beside the point)
     "free": ("C0", "o", "free"), "norm_bound": ("C1", "o", "c="), "nearest_penalty": ("C2", "o", "w="),
     "mixture": ("C4", "o", "τ="), "mixture_argmax": ("C4", "s", "argmax τ="), "projected": ("C3", "s", "PEZ"),
-    "gcg": ("C5", "D", "GCG"), "projection": ("C7", "s", "projection"), "random_tokens": ("0.4", "v", "random"),
+    "gcg": ("C5", "D", "GCG"), "causal": ("C6", "P", "causal"), "projection": ("C7", "s", "projection"), "random_tokens": ("0.4", "v", "random"),
     "own_tokens": ("C2", "*", "own"),
 }
 _LABEL = {"free": "free vectors", "norm_bound": "norm bound (c x mean token norm)",
           "nearest_penalty": "nearest-token penalty (weight w)", "mixture": "token mixture (continuous, τ)",
           "mixture_argmax": "token mixture → argmax tokens", "projected": "projected steps (PEZ) → tokens",
-          "gcg": "GCG token search", "projection": "free solution → nearest tokens",
+          "gcg": "GCG token search", "causal": "causal token search", "projection": "free solution → nearest tokens",
           "random_tokens": "random tokens", "own_tokens": "the target's own tokens"}
 
 

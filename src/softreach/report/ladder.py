@@ -22,7 +22,7 @@ FRONTIER = "frontier.json"
 
 POINT_FIELDS = ("cos", "cos_no_pos0", "mse", "mse_no_pos0", "nearest_cos", "nearest_cos_no_pos0", "norm_ratio",
                 "kl", "kl_no_pos0", "top1", "top1_no_pos0", "forward_passes", "seconds", "floor_cos",
-                "floor_cos_no_pos0")
+                "floor_cos_no_pos0", "token_recovery", "exact_recovery")
 """What frontier.json keeps per folder: the mean over targets of these row fields."""
 
 _MISSING = "–"  # what a missing number prints as in the frontier table
@@ -73,10 +73,12 @@ def frontier_table(out_dir) -> str:
         return fmt(x, digits, missing=_MISSING)
 
     header = ["rung setting", "discrete", "cos", "cos w/o pos 0", "MSE", "MSE w/o pos 0", "nearest-token cos",
-              "norm ratio", "KL (nats)", "KL w/o pos 0", "top-1 w/o pos 0", "fwd passes / target", "s / target"]
+              "norm ratio", "KL (nats)", "KL w/o pos 0", "top-1 w/o pos 0", "tokens recovered", "exactly recovered",
+              "fwd passes / target", "s / target"]
     rows = [[p["name"], "yes" if p["discrete"] else "no", num(p["cos"]), num(p["cos_no_pos0"]), num(p["mse"], 3),
              num(p["mse_no_pos0"], 3), num(p["nearest_cos"], 3), num(p["norm_ratio"], 2), num(p["kl"], 3),
-             num(p["kl_no_pos0"], 3), num(p["top1_no_pos0"], 2), f"{p['forward_passes']:.0f}", num(p["seconds"], 2)]
+             num(p["kl_no_pos0"], 3), num(p["top1_no_pos0"], 2), num(p.get("token_recovery"), 3),
+             num(p.get("exact_recovery"), 2), f"{p['forward_passes']:.0f}", num(p["seconds"], 2)]
             for p in f["points"]]
     lines = table(header, rows)
     floor = f.get("floor") or {}
@@ -85,7 +87,10 @@ def frontier_table(out_dir) -> str:
         lines.append(f"Random-token floor: cos {num(floor['cos'])}, "
                      f"without position 0 {num(floor.get('cos_no_pos0'))}. "
                      "Means over targets; nearest-token cos and norm ratio describe the input vectors; "
-                     "KL is KL(target's next-token distribution || reached's).")
+                     "KL is KL(target's next-token distribution || reached's). Tokens recovered: share of positions "
+                     "whose token is the target's own (known-answer targets, discrete rungs); exactly recovered: share "
+                     "of targets with every token. Forward passes in full-sequence equivalents (causal: positions "
+                     "processed / T).")
     return "\n".join(lines)
 
 

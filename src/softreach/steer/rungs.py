@@ -94,6 +94,7 @@ def solve_slot_rung(lm, layer: int, cfg, problems: SteerTargets, rung: str, soft
     rows beside the continuous solution's baselines (floor, own tokens) and its cosine."""
     settings = LadderSettings(steps=cfg.optim.steps, lr=cfg.optim.lr, projected_lr=cfg.optim.lr, mse_weight=cfg.optim.mse_weight,
                               skip_pos0=False, mse_norm=cfg.optim.mse_norm, gcg_budget=cfg.gcg_budget,
+                              gcg_top_k=64, gcg_candidates=64,  # steering's measured settings (issue 19 left them)
                               batch_size=cfg.optim.batch_size, memory_budget_mb=cfg.optim.memory_budget_mb)
     ids, info = steer_rung(lm, layer, problems, rung, soft, settings, cfg.seed, vocab, progress)
     m = evaluate_slot_tokens(lm, layer, problems, ids, cfg.downstream)
