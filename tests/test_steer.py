@@ -177,20 +177,24 @@ def test_mean_difference_direction(tmp_path):
 def test_discrete_rungs_in_the_slots_with_vocabulary_density(tiny_model_dir, tmp_path):
     out = tmp_path / "rungs"
     args = _args(tiny_model_dir, out, "--layout", "infix", "--before", "4", "--after", "6", "--soft", "3",
-                 "--kind", "real", "--rungs", "projection,gcg,projected", "--vocab-percent", "20,100",
-                 "--gcg-budget", "12")
+                 "--kind", "real", "--rungs", "projection,gcg,projected,causal", "--vocab-percent", "20,100",
+                 "--gcg-budget", "12", "--causal-candidates", "8")
     assert main(args) == 0
     names = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert names == ["gcg", "gcg_v20", "projected", "projected_v20", "projection", "projection_v20", "soft"]
+    assert names == ["causal", "causal_v20", "gcg", "gcg_v20", "projected", "projected_v20", "projection",
+                     "projection_v20", "soft"]
     codes = verify([out / n for n in names])
     assert all(code == 0 for code, _ in codes.values()), codes
-    for name in ("gcg_v20", "projection_v20", "projected_v20"):
+    for name in ("gcg_v20", "projection_v20", "projected_v20", "causal_v20"):
         cfg = json.loads((out / name / "config.json").read_text())
         assert cfg["norm_budget"] is None and cfg["vocab_percent"] == 20 and cfg["discrete"]
         t = load_file(str(out / name / "tensors.safetensors"))
         rows = [json.loads(line) for line in (out / name / "problems.jsonl").read_text().splitlines()]
         allowed = rows[0]["vocab_size"]
         assert allowed < 100 and t["solution_tokens"].shape == (2, 3)
+        # real targets: the share of the source tokens the rung found, checked against the saved ids
+        same = (t["solution_tokens"] == t["tokens"]).float()
+        assert [r["token_recovery"] for r in rows] == pytest.approx(same.mean(1).tolist())
     report = (out / "report.md").read_text()
     assert "## Real tokens in the slots" in report and "### Vocabulary density" in report
     assert (out / "steer_vocab.png").stat().st_size > 1000

@@ -174,3 +174,81 @@ def causal_search(lm: LoadedModel, layer: int, targets: torch.Tensor, cfg: Causa
     return CausalResult(ids=ids, position_error=error, exact=error <= cfg.exact_tol, candidates=candidates,
                         passes=[int(p) for p in passes],
                         forward_passes=[math.ceil(int(p) / t_len) for p in passes], seconds=[seconds] * n)
+
+
+@dataclass
+class SlotSearchResult:
+    ids: torch.Tensor  # [R, K] slot token ids
+    loss: list[float]  # per row, of the final ids
+    start_loss: list[float]
+    forward_passes: list[int]  # per row: frame forwards (gradient passes + candidates)
+    seconds: list[float]  # per row (wall time / R)
+
+
+def _slot_losses(lm: LoadedModel, layer: int, frame: TextFrame, ids: torch.Tensor, target: torch.Tensor, optim,
+                 emb_layer) -> torch.Tensor:
+    """Loss of slot ids [R, K] in the frame's R rows against target [R, P, d] -> [R] (position 0 counted)."""
+    from .metrics import reachability_loss
+
+    with torch.no_grad():
+        h = frame_residual(lm.model, layer, frame, emb_layer(ids.to(lm.device)).float())  # [R, P, d]
+        return reachability_loss(h.float(), target, optim.mse_weight, False, optim.mse_norm)[0]
+
+
+def slot_search(lm: LoadedModel, layer: int, target: torch.Tensor, frame: TextFrame, init_ids: torch.Tensor,
+                optim, table: TokenTable, max_candidates: int = 256, chunk: int = 32, passes: int = 2,
+                stop_loss: float = 1e-6, progress=None) -> SlotSearchResult:
+    """Slot tokens searched in order (slot 0, 1, .., K-1, `passes` times), each scored on the frame's positions.
+
+    The compared positions follow every slot, so a slot cannot be settled alone as in causal_search: each slot
+    is searched with the others at their current tokens (starting from init_ids [R, K], the text's own tokens).
+    Per slot, rounds as in causal_search (rank by the loss's first-order gain at the current tokens, check `chunk`
+    candidates, then twice as many, up to max_candidates), keeping a candidate only if it lowers the loss (never
+    worse than the start); a row stops once its loss is at most stop_loss. target [R, P, d]; `optim` gives the
+    loss (mse_weight, mse_norm); position 0 is counted as everywhere in steering.
+    """
+    from .metrics import reachability_loss
+
+    start = time.perf_counter()
+    dev = lm.device
+    emb_layer = lm.model.get_input_embeddings()
+    emb = table.emb.to(dev).float()  # [V', d]
+    table_ids = table.ids.to(dev)
+    r, k_slots = init_ids.shape
+    ids = init_ids.long().to(dev).clone()
+    target = target.to(dev).float()
+    loss = _slot_losses(lm, layer, frame, ids, target, optim, emb_layer)  # [R]
+    start_loss = loss.clone()
+    fwd = torch.ones(r, dtype=torch.long, device=dev)
+    cap = min(max_candidates, emb.shape[0])
+    for _ in range(passes):
+        for k in range(k_slots):
+            checked, round_ = 0, 0
+            active = torch.nonzero(loss > stop_loss).flatten()
+            while active.numel() and checked < cap:
+                sub = frame.select(active.cpu())
+                x = emb_layer(ids[active]).float().detach().requires_grad_(True)  # [a, K, d]
+                h = frame_residual(lm.model, layer, sub, x)
+                (g,) = torch.autograd.grad(reachability_loss(h.float(), target[active], optim.mse_weight, False,
+                                                             optim.mse_norm)[0].sum(), x)
+                score = -(g[:, k] @ emb.T)  # [a, V'] first-order gain of each token in slot k
+                score[table_ids[None].eq(ids[active, k, None])] = -math.inf  # not the current token again
+                c = min(chunk * 2**round_, cap - checked)
+                rows = score.topk(c, dim=1).indices  # [a, c]  (earlier rounds' tokens may recur: re-ranked)
+                cand = ids[active].repeat_interleave(c, 0)  # [a*c, K]
+                cand[:, k] = table_ids[rows.flatten()]
+                c_loss = _slot_losses(lm, layer, sub.repeat(c), cand, target[active].repeat_interleave(c, 0), optim,
+                                      emb_layer).reshape(-1, c)  # [a, c]
+                best, j = c_loss.min(1)
+                better = best < loss[active]
+                ids[active[better]] = cand.reshape(-1, c, k_slots)[better, j[better]]
+                loss[active[better]] = best[better]
+                fwd[active] += 1 + c
+                checked += c
+                round_ += 1
+                active = active[loss[active] > stop_loss]
+            if progress:
+                progress(r, float(loss.median()))
+    seconds = (time.perf_counter() - start) / r
+    return SlotSearchResult(ids=ids.cpu(), loss=loss.tolist(), start_loss=start_loss.tolist(),
+                            forward_passes=[int(f) for f in fwd.cpu()], seconds=[seconds] * r)

@@ -25,12 +25,14 @@ CELLS = {  # column -> how a condition's problems fill it (means over problems u
     "top-1": lambda rows: fmt(field_mean(rows, "top1"), 2),
     "own KL": lambda rows: fmt(field_mean(rows, "own_kl")),
     "steps": lambda rows: fmt(field_mean(rows, "steps_run"), 0),
+    "tokens recovered": lambda rows: fmt(field_mean(rows, "token_recovery"), 3),
     "forward passes": lambda rows: fmt(field_mean(rows, "forward_passes" if any("forward_passes" in r for r in rows)
                                                   else "steps_run"), 0),
 }
 COLUMNS = ["cos (mean)", "cos (median)", "random tokens", "own tokens", "reached", "converged", "KL", "top-1",
            "own KL", "steps"]
-RUNG_COLUMNS = ["cos (mean)", "cos (median)", "random tokens", "own tokens", "reached", "KL", "top-1", "forward passes"]
+RUNG_COLUMNS = ["cos (mean)", "cos (median)", "random tokens", "own tokens", "reached", "tokens recovered", "KL", "top-1",
+                "forward passes"]
 
 
 def point_row(rows: list[dict], columns: list[str] = COLUMNS) -> list[str]:
@@ -91,11 +93,12 @@ def rung_section(out: Path, points: list[tuple[str, dict, list[dict]]]) -> list[
     lines = ["## Real tokens in the slots", "",
              "The ladder's discrete rungs restricted to the soft slots (the fixed text unchanged): projection (nearest "
              "token of each continuous slot vector), projected (PEZ), gcg (token search from the text's own tokens), "
+             "causal (the slots searched in order from the same start), "
              "each over the p% most frequent corpus tokens.", "", *table(header, rows), ""]
     percents = sorted({c["vocab_percent"] for _, c, _ in rungs})
     if len(percents) > 1:
         by = {(c["rung"], c["vocab_percent"]): problems for _, c, problems in rungs}
-        names = [r for r in ("projection", "projected", "gcg") if any(k[0] == r for k in by)]
+        names = [r for r in ("projection", "projected", "gcg", "causal") if any(k[0] == r for k in by)]
         vrows = [[f"{p:g}%"] + [fmt(field_mean(by[(r, p)], "cos")) if (r, p) in by else "-" for r in names]
                  for p in percents]
         figure = plot_vocab(by, base[0][2], out / "steer_vocab.png")

@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..overrides import parse_list
 
 SWEEPS = ("k", "m", "distance")
-SLOT_RUNGS = ("projection", "projected", "gcg")
+SLOT_RUNGS = ("projection", "projected", "gcg", "causal")
 # A layout's fixed text (before, after the slots) when --before/--after are not given.
 LAYOUT_LENGTHS = {"prefix": (0, 100), "infix": (50, 50), "suffix": (100, 4)}
 # Steering runs take fewer steps than free reachability (the input is short and at token scale).
@@ -72,11 +72,13 @@ class SteerConfig:
     """Distance sweep: distances of one steered position from the last slot (those beyond the text are dropped)."""
     rungs: tuple = ()
     """Discrete rungs in the slots, run on the base condition (--soft, --steer, --distance), comma-separated:
-    projection (nearest tokens of the soft solution), projected (PEZ), gcg."""
+    projection (nearest tokens of the soft solution), projected (PEZ), gcg, causal (slot by slot, in order)."""
     vocab_percent: tuple = (100.0,)
     """The discrete rungs may use only the p% most frequent corpus tokens; each rung runs once per p."""
     gcg_budget: int = 256
     """gcg: forward passes per problem."""
+    causal_candidates: int = 256
+    """causal: most candidates per slot and pass (2 passes over the slots; each candidate is one forward)."""
     downstream: bool = True
     """Also compare the next-token distributions at the steered positions (KL, top-1) with the target's."""
     seed: int = 0
@@ -103,6 +105,8 @@ class SteerConfig:
         self.vocab_percent = vocab_percents(self.vocab_percent)
         if self.gcg_budget < 2:
             raise UserError(f"--gcg-budget must be at least 2 forward passes, got {self.gcg_budget}")
+        if self.causal_candidates < 1:
+            raise UserError(f"--causal-candidates must be at least 1, got {self.causal_candidates}")
         if self.soft < 1 or any(k < 1 for k in self.k_values):
             raise UserError("--soft and every --k-values must be at least 1")
         for m in self.m_values:

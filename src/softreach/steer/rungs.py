@@ -4,7 +4,8 @@
   projected   PEZ through the frame: straight-through projection onto the allowed tokens, started from
               the continuous solution (or the text's own tokens' embeddings), best ids by loss kept;
   gcg         GCG over the slot tokens, started from the text's own tokens (each disallowed one replaced
-              by its nearest allowed token), never ending worse than its start.
+              by its nearest allowed token), never ending worse than its start;
+  causal      the slot tokens searched in order from the same start (causal_search.slot_search).
 The loss is the ladder's (LadderSettings: mse_weight, mse_norm) over the frame's positions, position 0
 included. `evaluate_slot_tokens` measures any slot ids the way solve_steer measures soft vectors.
 """
@@ -19,11 +20,12 @@ from ..ladder.config import LadderSettings
 from ..errors import UserError
 from ..ladder.rungs import run_pez
 from ..manifold import TokenTable, nearest_rows, token_table
+from ..causal_search import slot_search
 from ..token_search import GCGConfig, gcg_search
 from .solve import measure_inputs
 from .targets import SteerTargets
 
-STEER_RUNGS = ("projection", "projected", "gcg")
+STEER_RUNGS = ("projection", "projected", "gcg", "causal")
 
 
 def allowed_start(lm, table: TokenTable, ids: torch.Tensor) -> torch.Tensor:
@@ -69,6 +71,13 @@ def steer_rung(lm, layer: int, problems: SteerTargets, rung: str, soft: torch.Te
         info.update(forward_passes=list(out.forward_passes), seconds=list(out.seconds), **out.extra)
         return out.ids.long().cpu(), info
     init_ids = allowed_start(lm, table, problems.own_tokens)
+    if rung == "causal":
+        res = slot_search(lm, layer, target, frame, init_ids, settings.optim(settings.lr), table,
+                          max_candidates=settings.causal_max_candidates or 256, chunk=settings.causal_chunk,
+                          progress=progress)
+        info.update(forward_passes=res.forward_passes, seconds=res.seconds, start_loss=res.start_loss,
+                    final_loss=res.loss)
+        return res.ids.long().cpu(), info
     cfg = GCGConfig(budget=settings.gcg_budget, top_k=settings.gcg_top_k, candidates=settings.gcg_candidates,
                     memory_budget_mb=settings.memory_budget_mb)
     res = gcg_search(lm, layer, target, init_ids, cfg, settings.optim(settings.lr), table, seed + 4,
@@ -95,6 +104,7 @@ def solve_slot_rung(lm, layer: int, cfg, problems: SteerTargets, rung: str, soft
     settings = LadderSettings(steps=cfg.optim.steps, lr=cfg.optim.lr, projected_lr=cfg.optim.lr, mse_weight=cfg.optim.mse_weight,
                               skip_pos0=False, mse_norm=cfg.optim.mse_norm, gcg_budget=cfg.gcg_budget,
                               gcg_top_k=64, gcg_candidates=64,  # steering's measured settings (issue 19 left them)
+                              causal_max_candidates=cfg.causal_candidates,
                               batch_size=cfg.optim.batch_size, memory_budget_mb=cfg.optim.memory_budget_mb)
     ids, info = steer_rung(lm, layer, problems, rung, soft, settings, cfg.seed, vocab, progress)
     m = evaluate_slot_tokens(lm, layer, problems, ids, cfg.downstream)
@@ -106,6 +116,9 @@ def solve_slot_rung(lm, layer: int, cfg, problems: SteerTargets, rung: str, soft
                "soft_cos": base["cos"], "own_cos": base["own_cos"], "reached": bool(m["cos"][i] >= cfg.fidelity),
                "forward_passes": int(info["forward_passes"][i]), "seconds": float(info["seconds"][i]),
                "slot_text": lm.tokenizer.decode(ids[i].tolist())}
+        if problems.source_tokens is not None:  # real targets: how much of the known answer the rung found
+            same = ids[i].cpu() == problems.source_tokens[i].cpu()
+            rec.update(token_recovery=float(same.float().mean()), exact_recovery=float(same.all()))
         for key in ("coefficient", "floor_cos"):
             if key in base:
                 rec[key] = base[key]
