@@ -41,7 +41,7 @@ def test_bench_rows_and_table(tiny_lm):
 
 def test_solver_comparison_rows_and_table():
     """Every solver on the same problems per condition at budget 1; the best solver reaches the reference."""
-    from softreach.bench import SOLVERS, solver_comparison, solver_table
+    from softreach.solver_study import SOLVERS, solver_comparison, solver_table
     from softreach.random_models import random_model
 
     lm = random_model("llama")
@@ -70,7 +70,7 @@ def test_roof_is_the_best_of_several_shapes():
 
 def test_reference_values_take_the_better_run_per_target():
     """The reference of a target is the best of the long runs, which run from the same starts as each alone."""
-    from softreach.bench import REFERENCE_RUNS, reference_table, reference_values
+    from softreach.solver_study import REFERENCE_RUNS, reference_table, reference_values
     from softreach.random_models import random_model
 
     lm = random_model("llama")

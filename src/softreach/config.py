@@ -255,7 +255,8 @@ class BenchConfig:
     workloads: tuple = ("pythia", "smollm2")
     """Comma-separated: pythia (Pythia-160M shape, random weights, L=6), smollm2 (embedded model, middle layer),
     steer (SmolLM2, 20 soft slots after 100 fixed tokens: cached prefix vs full input), references (budget-1
-    reference values: --convergence-targets per condition, --convergence-steps per run; slow)."""
+    reference values: --convergence-targets per condition, --convergence-steps per run; slow), nanogcg (our GCG
+    against nanoGCG on its objective, 3 seeds x 10 steps x 64 candidates; needs `pip install nanogcg --no-deps`)."""
     problems: int = 150
     """Problems per workload."""
     steps: int = 10
@@ -279,8 +280,8 @@ class BenchConfig:
             self.workloads = [w.strip() for w in self.workloads.split(",") if w.strip()]
         self.workloads = tuple(self.workloads)
         for w in self.workloads:
-            if w not in ("pythia", "smollm2", "steer", "references"):
-                raise UserError(f"unknown workload {w!r}: choose from pythia, smollm2, steer, references")
+            if w not in ("pythia", "smollm2", "steer", "references", "nanogcg"):
+                raise UserError(f"unknown workload {w!r}: choose from pythia, smollm2, steer, references, nanogcg")
         check_choices(self)
         if self.problems < 1 or self.steps < 1 or self.baseline_steps < 1 or self.batch_size < 1:
             raise UserError("--problems, --steps, --baseline-steps and --batch-size must be at least 1")

@@ -133,44 +133,68 @@ def gcg_search(lm: LoadedModel, layer: int, targets: torch.Tensor, init_ids: tor
         raise UserError("initial tokens must be allowed (ordinary, in the table) token ids")
     memory = None if cfg.memory_budget_mb is None else int(cfg.memory_budget_mb * 2**20)
     batch = batch_for_budget(lm, layer, t if frame is None else frame.seq_len, cfg.candidates, memory)  # candidates per forward batch
-    top_k = min(cfg.top_k, table_ids.numel())
     out = GCGResult(ids=init_ids.clone().long().cpu(), loss=[], cos=[], start_loss=[], forward_passes=[],
                     seconds=[], iterations=[], accepted=[], candidate_batch=batch)
     for i in range(n):
         start = time.perf_counter()
-        g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-        ids = init_ids[i].long().cpu().clone()  # [T]
         row = None if frame is None else frame.select(slice(i, i + 1))
-        loss, cos = (x[0] for x in evaluate_ids(lm, layer, ids[None], targets[i], optim, batch, row))
-        passes, iterations, accepted, curve = 1, 0, 0, []
-        out.start_loss.append(float(loss))
-        if progress:
-            progress(1, float(cos))
-        while passes + 2 <= cfg.budget and loss > cfg.stop_loss:  # room for a gradient pass and a candidate
-            grad = token_gradient(lm, layer, rows_of(ids), targets[i], optim, table.emb, row)  # [T, V']
-            passes += 1
-            top = (-grad).topk(top_k, dim=1).indices.cpu()  # [T, k] table rows
-            count = min(cfg.candidates, cfg.budget - passes)
-            pos = torch.randint(0, t, (count,), generator=g)  # [C]
-            pick = torch.randint(0, top_k, (count,), generator=g)  # [C]
-            cands = ids.repeat(count, 1)  # [C, T]
-            cands[torch.arange(count), pos] = table_ids[top[pos, pick]]
-            c_loss, c_cos = evaluate_ids(lm, layer, cands, targets[i], optim, batch, row)  # [C], [C]
-            passes += count
-            iterations += 1
-            j = int(c_loss.argmin())
-            if c_loss[j] < loss:
-                ids, loss, cos = cands[j].clone(), c_loss[j], c_cos[j]
-                accepted += 1
-            curve.append(float(loss))
-            if progress:
-                progress(1 + count, float(cos))
-        out.ids[i] = ids
-        out.loss.append(float(loss))
-        out.cos.append(float(cos))
-        out.forward_passes.append(passes)
+
+        def score(ids: torch.Tensor, i=i, row=row):  # [C, T] -> (loss [C], cos [C])
+            return evaluate_ids(lm, layer, ids, targets[i], optim, batch, row)
+
+        def gradient(rows: torch.Tensor, i=i, row=row):  # [T] table rows -> [T, V']
+            return token_gradient(lm, layer, rows, targets[i], optim, table.emb, row)
+
+        run = gcg_minimise(score, gradient, init_ids[i], cfg, table, seed * 1_000_003 + i, progress)
+        out.ids[i] = run["ids"]
+        out.start_loss.append(run["start_loss"])
+        out.loss.append(run["loss"])
+        out.cos.append(run["score"])
+        out.forward_passes.append(run["passes"])
         out.seconds.append(time.perf_counter() - start)
-        out.iterations.append(iterations)
-        out.accepted.append(accepted)
-        out.loss_curve.append(curve)
+        out.iterations.append(run["iterations"])
+        out.accepted.append(run["accepted"])
+        out.loss_curve.append(run["curve"])
     return out
+
+
+def gcg_minimise(score, gradient, init_ids: torch.Tensor, cfg: GCGConfig, table: TokenTable, seed: int,
+                 progress=None) -> dict:
+    """GCG on any token objective: score(ids [C, T]) -> (loss [C], a second number [C] for the progress bar),
+    gradient(table rows [T]) -> d loss / d one-hot [T, V'] over `table`. From init_ids [T] (allowed ids).
+
+    Returns ids [T], loss, score, start_loss, passes (forward passes as counted in the module docstring),
+    iterations, accepted and curve (the kept loss after each iteration). gcg_search runs it on residual targets;
+    the bench on nanoGCG's objective (next-token cross-entropy of a target string).
+    """
+    table_ids = table.ids.cpu()
+    t = init_ids.numel()
+    top_k = min(cfg.top_k, table_ids.numel())
+    g = torch.Generator().manual_seed(seed)
+    ids = init_ids.long().cpu().clone()  # [T]
+    loss, value = (x[0] for x in score(ids[None]))
+    passes, iterations, accepted, curve = 1, 0, 0, []
+    start_loss = float(loss)
+    if progress:
+        progress(1, float(value))
+    while passes + 2 <= cfg.budget and loss > cfg.stop_loss:  # room for a gradient pass and a candidate
+        grad = gradient(torch.searchsorted(table_ids, ids))  # [T, V']
+        passes += 1
+        top = (-grad).topk(top_k, dim=1).indices.cpu()  # [T, k] table rows
+        count = min(cfg.candidates, cfg.budget - passes)
+        pos = torch.randint(0, t, (count,), generator=g)  # [C]
+        pick = torch.randint(0, top_k, (count,), generator=g)  # [C]
+        cands = ids.repeat(count, 1)  # [C, T]
+        cands[torch.arange(count), pos] = table_ids[top[pos, pick]]
+        c_loss, c_value = score(cands)  # [C], [C]
+        passes += count
+        iterations += 1
+        j = int(c_loss.argmin())
+        if c_loss[j] < loss:
+            ids, loss, value = cands[j].clone(), c_loss[j], c_value[j]
+            accepted += 1
+        curve.append(float(loss))
+        if progress:
+            progress(1 + count, float(value))
+    return {"ids": ids, "loss": float(loss), "score": float(value), "start_loss": start_loss, "passes": passes,
+            "iterations": iterations, "accepted": accepted, "curve": curve}
