@@ -186,3 +186,18 @@ def test_report_command_renders_a_ladder_folder(ladder, tmp_path):
     assert main(["report", str(tmp_path / "lad")]) == 0
     text = (tmp_path / "lad" / "report.md").read_text()
     assert "| rung setting |" in text and (tmp_path / "lad" / "frontier.png").stat().st_size > 1000
+
+
+def test_verify_recomputes_the_recovery_shares(ladder, tmp_path):
+    import shutil
+
+    out = shutil.copytree(ladder / "random_tokens", tmp_path / "random_tokens")
+    lines = (out / "problems.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["token_recovery"] = 1.0  # claims to have found the source tokens
+    lines[0] = json.dumps(rec)
+    (out / "problems.jsonl").write_text("\n".join(lines) + "\n")
+    code, text = verify([out])["random_tokens"]
+    assert code == 1 and "row 0 token_recovery" in text
+    code, text = verify([ladder / "causal"])["causal"]
+    assert code == 0 and "token_recovery" in text and "exact_recovery" in text

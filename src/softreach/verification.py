@@ -212,6 +212,7 @@ def check_folder(folder: Path, models: dict, max_problems: int | None, tol: floa
     _check_metrics(check, f, rows, idx, soft[:k], target[:k], tensors.get("corpus_mean"), tol)
     _check_restarts(check, f, rows, idx, target[:k], tol)
     _check_token_inputs(check, f, tensors, soft[:k], k)
+    _check_recovery(check, rows, tensors, k)
     _check_token_baselines(check, f, rows, idx, tensors, target[:k], tol)
     if not f.has_context and any("copy_cos" in r for r in rows[:k]):
         _check_copy(check, f, rows, target[:k], config, tol)
@@ -315,6 +316,16 @@ def _check_token_inputs(check, f: _Folder, tensors: dict, soft: torch.Tensor, k:
             diff = (rows - soft).abs().amax((1, 2))
             for i in torch.nonzero(diff > 1e-5).flatten().tolist():
                 check.disagreements.append(Disagreement(i, name, "soft_prompt = their embeddings", f"max difference {float(diff[i]):.3g}"))
+
+
+def _check_recovery(check, rows, tensors: dict, k: int) -> None:
+    """Known answers: token_recovery / exact_recovery agree with the saved solution ids and source tokens."""
+    if "solution_tokens" not in tensors or "tokens" not in tensors:
+        return
+    same = (tensors["solution_tokens"][:k].long() == tensors["tokens"][:k].long()).float()  # [k, K]
+    for i in range(k):
+        _compare(check, i, "token_recovery", rows[i].get("token_recovery"), float(same[i].mean()), 1e-9)
+        _compare(check, i, "exact_recovery", rows[i].get("exact_recovery"), float(same[i].min()), 1e-9)
 
 
 def _check_token_baselines(check, f: _Folder, rows, idx, tensors, target, tol) -> None:
