@@ -57,11 +57,19 @@ def test_forward_passes_are_counted_exactly_and_the_budget_is_kept(tiny_lm, budg
     target, start = _problem(tiny_lm)
     counter = SequenceCounter(tiny_lm)
     try:
-        res = gcg_search(tiny_lm, LAYER, target, start, GCGConfig(budget=budget, top_k=4, candidates=candidates),
-                         LOSS, token_table(tiny_lm), seed=1)
+        res = gcg_search(tiny_lm, LAYER, target, start, GCGConfig(budget=budget, top_k=4, candidates=candidates,
+                                                                  cached=False), LOSS, token_table(tiny_lm), seed=1)
     finally:
         counter.close()
     assert counter.count == sum(res.forward_passes)
+    counter = SequenceCounter(tiny_lm)
+    try:  # with the prefix cache: besides the counted candidates, per iteration the current sequence once and
+        # one prefix per changed position (shorter sequences, not counted)
+        cached = gcg_search(tiny_lm, LAYER, target, start, GCGConfig(budget=budget, top_k=4, candidates=candidates),
+                            LOSS, token_table(tiny_lm), seed=1)
+    finally:
+        counter.close()
+    assert sum(cached.forward_passes) <= counter.count <= sum(cached.forward_passes) + sum(cached.iterations) * 6
     assert all(p <= budget for p in res.forward_passes)
     assert all(budget - p <= 1 for p in res.forward_passes)  # only a lone pass can be left unused
     for p, it in zip(res.forward_passes, res.iterations):
@@ -87,3 +95,30 @@ def test_bad_starts_are_refused(tiny_lm):
         gcg_search(tiny_lm, LAYER, target, start[:, :3], GCGConfig(budget=5), LOSS, token_table(tiny_lm), 0)
     with pytest.raises(UserError):
         GCGConfig(budget=1)
+
+
+def test_cached_swap_evaluation_equals_whole_sequences(tiny_lm):
+    """Candidates evaluated from their first changed position (prefix cached) score as whole sequences do."""
+    from softreach.token_search import evaluate_swaps, evaluate_ids
+
+    target, start = _problem(tiny_lm, n=1, t=6)
+    base = start[0]
+    g = torch.Generator().manual_seed(5)
+    cands = base.repeat(9, 1)
+    for c in range(8):  # one or two swaps at varied positions; the last candidate is the base itself
+        pos = torch.randint(0, 6, (1 + c % 2,), generator=g)
+        cands[c, pos] = torch.randint(2, 102, (pos.numel(),), generator=g)
+    for optim in (LOSS, OptimConfig(skip_pos0=True, mse_weight=0.0)):
+        cached = evaluate_swaps(tiny_lm, LAYER, base, cands, target[0], optim, batch=4)
+        whole = evaluate_ids(tiny_lm, LAYER, cands, target[0], optim, batch=4)
+        torch.testing.assert_close(cached[0], whole[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(cached[1], whole[1], rtol=1e-5, atol=1e-6)
+
+
+def test_gcg_with_and_without_the_prefix_cache_finds_the_same_tokens(tiny_lm):
+    target, start = _problem(tiny_lm)
+    runs = [gcg_search(tiny_lm, LAYER, target, start, GCGConfig(budget=80, top_k=8, candidates=12, cached=c), LOSS,
+                       token_table(tiny_lm), seed=0) for c in (True, False)]
+    assert torch.equal(runs[0].ids, runs[1].ids)
+    assert runs[0].forward_passes == runs[1].forward_passes
+    torch.testing.assert_close(torch.tensor(runs[0].loss), torch.tensor(runs[1].loss), rtol=1e-5, atol=1e-6)

@@ -47,7 +47,7 @@ def target_loss_objective(lm: LoadedModel, before: torch.Tensor, after: torch.Te
                           emb: torch.Tensor, batch: int = 64):
     """(score, gradient) for gcg_minimise: mean cross-entropy of `target` after before + ids + after.
 
-    score(ids [C, T]) -> (loss [C], loss [C]); gradient(table rows [T]) -> [T, V'] over the rows of emb [V', d].
+    score(ids [C, T], base) -> (loss [C], loss [C]) (base unused); gradient(table rows [T]) -> [T, V'] over the rows of emb [V', d].
     """
     dev = lm.device
     embed = lm.model.get_input_embeddings()
@@ -61,7 +61,7 @@ def target_loss_objective(lm: LoadedModel, before: torch.Tensor, after: torch.Te
         return F.cross_entropy(logits.transpose(1, 2), tgt.expand(c, -1), reduction="none").mean(1)
 
     @torch.no_grad()
-    def score(ids: torch.Tensor):
+    def score(ids: torch.Tensor, base: torch.Tensor | None = None):
         out = torch.cat([loss_of(embed(ids[lo : lo + batch].to(dev))).cpu() for lo in range(0, ids.shape[0], batch)])
         return out, out
 

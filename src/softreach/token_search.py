@@ -8,7 +8,9 @@ One target at a time. Each iteration:
   4. the best candidate replaces the current sequence only if its loss is lower (greedy, so the
      result is never worse than the start).
 The budget is in forward passes per target: the start's evaluation, each gradient pass and each
-candidate count one; the search stops before it would exceed the budget, or once the loss is at most
+candidate count one (with the prefix cache a candidate runs only the positions from its swap on, and each
+iteration also runs the current sequence once and, per swapped position, its prefix once: about 1 + T/2
+full-sequence equivalents per iteration, not counted, 2% of 512 candidates at T = 20); the search stops before it would exceed the budget, or once the loss is at most
 stop_loss (the target reached).
 With a `frame` (fixed text around K soft slots) only the slot tokens are searched and the loss is over
 the frame's positions (position 0 never left out).
@@ -46,6 +48,9 @@ class GCGConfig:
     """Single-swap candidates per iteration (nanoGCG's search width)."""
     stop_loss: float = 1e-6
     """Stop a target once its loss is at most this (the target is reached: its own tokens give ~1e-7)."""
+    cached: bool = True
+    """Evaluate a candidate from its first changed position on, the tokens before it cached (False: every
+    candidate's whole sequence; the same numbers to rounding, about twice the compute)."""
     memory_budget_mb: float | None = None
     """Memory one candidate batch may use, in MiB; None: half of what is free."""
 
@@ -89,6 +94,40 @@ def evaluate_ids(lm: LoadedModel, layer: int, ids: torch.Tensor, target: torch.T
         losses.append(loss.cpu())
         coses.append(cos.cpu())
     return torch.cat(losses), torch.cat(coses)
+
+
+@torch.no_grad()
+def evaluate_swaps(lm: LoadedModel, layer: int, base: torch.Tensor, ids: torch.Tensor, target: torch.Tensor,
+                   optim: OptimConfig, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """evaluate_ids for candidates ids [C, T] that differ from base [T] from some position p on: the tokens
+    before p are base's, so their keys and values are cached (frame.py) and only positions p.. run.
+
+    Candidates are grouped by p; base's own residual fills positions < p. Equal to evaluate_ids to rounding.
+    """
+    base = base.long().cpu()
+    ids = ids.long().cpu()
+    t = base.numel()
+    differs = ids != base[None]  # [C, T]
+    first = torch.where(differs.any(1), differs.float().argmax(1), torch.full((ids.shape[0],), t))  # [C]
+    base_h = residual_at(lm.model, layer, input_ids=base[None].to(lm.device)).float()[0]  # [T, d]
+    tgt = target.to(lm.device).float()
+    losses, coses = torch.empty(ids.shape[0]), torch.empty(ids.shape[0])
+    emb = lm.model.get_input_embeddings()
+    for p in first.unique().tolist():
+        rows = torch.nonzero(first == p).flatten()
+        if p == t:  # the base itself
+            loss, cos = reachability_loss(base_h[None], tgt[None], optim.mse_weight, optim.skip_pos0, optim.mse_norm)
+            losses[rows], coses[rows] = loss.cpu(), cos.cpu()
+            continue
+        frame = TextFrame(base[None, :p], torch.zeros(1, 0, dtype=torch.long), t - p, torch.arange(p, t))
+        for lo in range(0, rows.numel(), batch):
+            chunk = rows[lo : lo + batch]
+            soft = emb(ids[chunk, p:].to(lm.device))  # [c, T-p, d]
+            h = frame_residual(lm.model, layer, frame.repeat(chunk.numel()), soft).float()  # [c, T-p, d]
+            h = torch.cat([base_h[None, :p].expand(chunk.numel(), -1, -1), h], dim=1)  # [c, T, d]
+            loss, cos = reachability_loss(h, tgt.expand_as(h), optim.mse_weight, optim.skip_pos0, optim.mse_norm)
+            losses[chunk], coses[chunk] = loss.cpu(), cos.cpu()
+    return losses, coses
 
 
 def token_gradient(lm: LoadedModel, layer: int, rows: torch.Tensor, target: torch.Tensor, optim: OptimConfig,
@@ -139,7 +178,9 @@ def gcg_search(lm: LoadedModel, layer: int, targets: torch.Tensor, init_ids: tor
         start = time.perf_counter()
         row = None if frame is None else frame.select(slice(i, i + 1))
 
-        def score(ids: torch.Tensor, i=i, row=row):  # [C, T] -> (loss [C], cos [C])
+        def score(ids: torch.Tensor, base: torch.Tensor | None = None, i=i, row=row):  # [C, T] -> ([C], [C])
+            if base is not None and row is None and cfg.cached:
+                return evaluate_swaps(lm, layer, base, ids, targets[i], optim, batch)
             return evaluate_ids(lm, layer, ids, targets[i], optim, batch, row)
 
         def gradient(rows: torch.Tensor, i=i, row=row):  # [T] table rows -> [T, V']
@@ -160,7 +201,8 @@ def gcg_search(lm: LoadedModel, layer: int, targets: torch.Tensor, init_ids: tor
 
 def gcg_minimise(score, gradient, init_ids: torch.Tensor, cfg: GCGConfig, table: TokenTable, seed: int,
                  progress=None) -> dict:
-    """GCG on any token objective: score(ids [C, T]) -> (loss [C], a second number [C] for the progress bar),
+    """GCG on any token objective: score(ids [C, T], base) -> (loss [C], a second number [C] for the progress bar)
+    where base [T] is the current sequence the candidates were made from (None for the start),
     gradient(table rows [T]) -> d loss / d one-hot [T, V'] over `table`. From init_ids [T] (allowed ids).
 
     Returns ids [T], loss, score, start_loss, passes (forward passes as counted in the module docstring),
@@ -186,7 +228,7 @@ def gcg_minimise(score, gradient, init_ids: torch.Tensor, cfg: GCGConfig, table:
         pick = torch.randint(0, top_k, (count,), generator=g)  # [C]
         cands = ids.repeat(count, 1)  # [C, T]
         cands[torch.arange(count), pos] = table_ids[top[pos, pick]]
-        c_loss, c_value = score(cands)  # [C], [C]
+        c_loss, c_value = score(cands, ids)  # [C], [C]
         passes += count
         iterations += 1
         j = int(c_loss.argmin())
