@@ -141,7 +141,8 @@ def run_ladder(lm: LoadedModel, layer: int, targets: torch.Tensor, tokens: torch
         if all(is_done(out / x) for x in names):
             continue
         total = n * {"gcg": settings.gcg_budget, "causal": t}.get(rung, settings.steps)
-        with StepBar(total, f"ladder {name}", show_progress and rung not in _NO_BAR) as bar:
+        bar_kind = {"unit": " positions", "figure": "share exact so far"} if rung == "causal" else {}
+        with StepBar(total, f"ladder {name}", show_progress and rung not in _NO_BAR, **bar_kind) as bar:
             outputs = run_rung(lm, layer, targets, rung, value, settings, seed, rung_table, tokens,
                                free=need("free") if rung == "projection" else None,
                                projected=need("projected", p) if rung == "gcg" and settings.gcg_init == "projected"
