@@ -61,7 +61,17 @@ def test_inexact_targets_get_the_best_token_seen_within_the_candidate_limit(tiny
     assert res.forward_passes == [-(-p // 5) for p in res.passes]
 
 
-@pytest.mark.parametrize("kw", [dict(chunk=0), dict(max_candidates=-1), dict(exact_tol=float("nan"))])
+@pytest.mark.parametrize("kw", [dict(chunk=0), dict(max_candidates=-1), dict(exact_tol=float("nan")), dict(batch=0)])
 def test_bad_settings_are_refused(kw):
     with pytest.raises(UserError):
         CausalConfig(**kw)
+
+
+def test_small_candidate_batches_change_nothing(tiny_lm):
+    tokens = _tokens(2, 5, seed=4)
+    targets = residuals_of_tokens(tiny_lm, tokens, LAYER)
+    table = token_table(tiny_lm)
+    big = causal_search(tiny_lm, LAYER, targets, CausalConfig(chunk=8), table)
+    small = causal_search(tiny_lm, LAYER, targets, CausalConfig(chunk=8, batch=3), table)
+    assert torch.equal(big.ids, small.ids) and torch.equal(big.candidates, small.candidates)
+    torch.testing.assert_close(big.position_error, small.position_error, rtol=1e-4, atol=1e-12)

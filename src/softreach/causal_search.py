@@ -54,10 +54,13 @@ class CausalConfig:
     vocabulary, so a token that reproduces the target is always found)."""
     exact_tol: float = 1e-8
     """A token whose relative squared error at its position is below this reproduces the target (stop there)."""
+    batch: int = 1024
+    """Candidates per forward (each carries its prefix's keys and values: ~0.7 MB per candidate on SmolLM2 at
+    layer 25 with 18 tokens before it, so late rounds of 16k candidates x 8 targets must be split)."""
 
     def __post_init__(self):
-        if self.chunk < 1 or self.max_candidates < 0:
-            raise UserError("causal search: the chunk must be at least 1 and max_candidates at least 0")
+        if self.chunk < 1 or self.max_candidates < 0 or self.batch < 1:
+            raise UserError("causal search: chunk and batch must be at least 1 and max_candidates at least 0")
         if not (math.isfinite(self.exact_tol) and self.exact_tol >= 0):
             raise UserError(f"causal search: exact_tol must be a finite number >= 0, got {self.exact_tol}")
 
@@ -96,11 +99,17 @@ def _gradient(lm: LoadedModel, layer: int, frame: TextFrame, x: torch.Tensor, y:
 
 @torch.no_grad()
 def _candidate_errors(lm: LoadedModel, layer: int, frame: TextFrame, vectors: torch.Tensor, y: torch.Tensor,
-                      ablation: str) -> torch.Tensor:
-    """Relative errors of candidate vectors [a, k, d] in the frame's slot (row i's k candidates) -> [a, k]."""
+                      ablation: str, batch: int) -> torch.Tensor:
+    """Relative errors of candidate vectors [a, k, d] in the frame's slot (row i's k candidates) -> [a, k],
+    at most `batch` candidates per forward."""
     a, k, d = vectors.shape
-    h = frame_residual(lm.model, layer, frame.repeat(k), vectors.reshape(a * k, 1, d), ablation)[:, 0]  # [a*k, d]
-    return relative_error(h.reshape(a, k, d), y[:, None])
+    rows = frame.repeat(k)  # row i's template k times in a row: matches vectors.reshape(a * k, 1, d)
+    flat, targets = vectors.reshape(a * k, 1, d), y.repeat_interleave(k, 0)  # [a*k, 1, d], [a*k, d]
+    out = []
+    for lo in range(0, a * k, batch):
+        h = frame_residual(lm.model, layer, rows.select(slice(lo, lo + batch)), flat[lo : lo + batch], ablation)
+        out.append(relative_error(h[:, 0], targets[lo : lo + batch]))
+    return torch.cat(out).reshape(a, k)
 
 
 @torch.no_grad()
@@ -155,7 +164,7 @@ def causal_search(lm: LoadedModel, layer: int, targets: torch.Tensor, cfg: Causa
             round_ += 1
             rows = score.topk(k, dim=1).indices  # [a, k]
             visited[active[:, None], rows] = True
-            err = _candidate_errors(lm, layer, sub, emb[rows], y[active], ablation)  # [a, k]
+            err = _candidate_errors(lm, layer, sub, emb[rows], y[active], ablation, cfg.batch)  # [a, k]
             e_min, j = err.min(1)
             better = e_min < best_err[active]
             best_err[active] = torch.where(better, e_min, best_err[active])
@@ -186,13 +195,19 @@ class SlotSearchResult:
 
 
 def _slot_losses(lm: LoadedModel, layer: int, frame: TextFrame, ids: torch.Tensor, target: torch.Tensor, optim,
-                 emb_layer) -> torch.Tensor:
-    """Loss of slot ids [R, K] in the frame's R rows against target [R, P, d] -> [R] (position 0 counted)."""
+                 emb_layer, batch: int = 256) -> torch.Tensor:
+    """Loss of slot ids [R, K] in the frame's R rows against target [R, P, d] -> [R] (position 0 counted), at
+    most `batch` rows per forward."""
     from .metrics import reachability_loss
 
+    out = []
     with torch.no_grad():
-        h = frame_residual(lm.model, layer, frame, emb_layer(ids.to(lm.device)).float())  # [R, P, d]
-        return reachability_loss(h.float(), target, optim.mse_weight, False, optim.mse_norm)[0]
+        for lo in range(0, ids.shape[0], batch):
+            sub = frame.select(slice(lo, lo + batch))
+            h = frame_residual(lm.model, layer, sub, emb_layer(ids[lo : lo + batch].to(lm.device)).float())  # [b, P, d]
+            out.append(reachability_loss(h.float(), target[lo : lo + batch], optim.mse_weight, False,
+                                         optim.mse_norm)[0])
+    return torch.cat(out)
 
 
 def slot_search(lm: LoadedModel, layer: int, target: torch.Tensor, frame: TextFrame, init_ids: torch.Tensor,
