@@ -188,7 +188,8 @@ def run_rungs(lm, layer: int, cfg: SteerConfig, base: Point, texts, donors, dire
                 results[name] = (None, read_json(folder / "config.json"))
                 continue
             per_row = {"gcg": cfg.gcg_budget, "projected": cfg.optim.steps, "causal": 2 * problems.frame.soft}.get(rung, 0)
-            with StepBar(problems.frame.rows * per_row, name, show_progress and per_row > 0) as bar:
+            bar_kind = {"unit": " slot searches", "figure": "median loss"} if rung == "causal" else {}
+            with StepBar(problems.frame.rows * per_row, name, show_progress and per_row > 0, **bar_kind) as bar:
                 result, ids = solve_slot_rung(lm, layer, cfg, problems, rung, soft, base_rows, vocab, percent,
                                               bar.update)
             config = point_config(lm, layer, cfg, base, frame)
