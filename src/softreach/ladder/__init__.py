@@ -3,7 +3,7 @@
 Layout of a ladder folder (each subfolder is a result folder, docs/result-folders.md):
   ladder.json           model, layer, seed, targets checksum and settings; another run is never mixed in
   free/, norm_bound_c2/, nearest_penalty_w0.1/, mixture_tau1/, mixture_tau1_argmax/, projected/, gcg/,
-  projection/, random_tokens/, own_tokens/      one folder per rung setting
+  causal/, projection/, random_tokens/, own_tokens/      one folder per rung setting
   frontier.json         one point per folder: fidelity, distance from the token manifold, downstream, cost
   frontier.png          fidelity against nearest-token cosine (plots.ladder.frontier_figure)
   report.md             the frontier table and figure (report.ladder.write_ladder_report)
@@ -13,8 +13,9 @@ folder stores the ids as `solution_tokens` and `soft_prompt` = their embedding r
 targets' own tokens, only where the targets are real-text residuals (`softreach verify` checks they produce them).
 Each problems.jsonl row carries the rung, its setting, the fidelity metrics (with and without position
 0), the distance from the manifold (nearest-token cosine, norm ratio), the downstream KL and top-1
-agreement, and the cost: forward passes spent producing the result (an optimiser step, a GCG gradient
-pass or candidate = one; the ladder's evaluation is not counted; projection counts the free rung's) and
+agreement, the share of the source tokens recovered (discrete rungs on real targets), and the cost: forward
+passes spent producing the result (an optimiser step, a GCG gradient pass or candidate = one; causal: positions
+processed / T; the ladder's evaluation is not counted; projection counts the free rung's) and
 seconds per target (batched rungs: wall time / N).
 
 Modules: config (LadderSettings, LadderConfig), rungs (one rung setting: names, shared starts, run_rung), runner
