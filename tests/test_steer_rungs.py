@@ -77,18 +77,18 @@ def test_gcg_with_a_frame_improves_on_a_reachable_target(lm, problems):
     assert sum(info["final_loss"]) < sum(info["start_loss"])
 
 
-def test_causal_slot_search_reaches_source_made_targets_and_never_ends_worse(lm, problems):
-    """Targets made by source tokens: the in-order slot search from the own tokens gets within 1e-3 of them.
-
-    (Not exactly: this tiny random model is nearly blind to the order of the slots, and the search can stop
-    at a permutation of the source tokens, loss 2e-5, that one slot change at a time cannot leave.)"""
+def test_causal_slot_search_recovers_the_source_tokens_and_never_ends_worse(lm, problems):
+    """Targets made by source tokens: the in-order slot search from the own tokens finds them. This tiny random
+    model is nearly blind to the slots' order (a permutation of the source tokens gives loss 2e-5): single-slot
+    moves stop there, the exchanges of two slots after each pass leave it (a 3-cycle takes two passes)."""
     settings = LadderSettings(floor_draws=0, causal_max_candidates=128)
     ids, info = steer_rung(lm, LAYER, problems, "causal", None, settings, 0)
-    assert all(f <= s / 50 for f, s in zip(info["final_loss"], info["start_loss"]))
-    assert torch.equal(ids.sort(1).values, problems.source_tokens.sort(1).values)  # the source tokens, some order
+    assert all(f <= s for f, s in zip(info["final_loss"], info["start_loss"]))
+    assert torch.equal(ids, problems.source_tokens)
     fresh = evaluate_slot_tokens(lm, LAYER, problems, ids, downstream=False)["cos"]
-    assert (fresh > 0.999).all()
-    assert all(p <= 1 + 2 * 3 * 128 + 2 * 3 * 4 for p in info["forward_passes"])  # candidates + gradient passes
+    assert (fresh > 0.99999).all()
+    # candidates + gradient passes (3 slots, at most 4 passes, doubling rounds) + 3 exchanges per pass + the start
+    assert all(p <= 1 + 4 * 3 * (128 + 4) + 4 * 3 for p in info["forward_passes"])
 
 
 def test_slot_search_is_the_same_batched_and_alone(lm, problems):

@@ -211,12 +211,15 @@ def _slot_losses(lm: LoadedModel, layer: int, frame: TextFrame, ids: torch.Tenso
 
 
 def slot_search(lm: LoadedModel, layer: int, target: torch.Tensor, frame: TextFrame, init_ids: torch.Tensor,
-                optim, table: TokenTable, max_candidates: int = 256, chunk: int = 32, passes: int = 2,
+                optim, table: TokenTable, max_candidates: int = 256, chunk: int = 32, passes: int = 4,
                 stop_loss: float = 1e-6, progress=None) -> SlotSearchResult:
-    """Slot tokens searched in order (slot 0, 1, .., K-1, `passes` times), each scored on the frame's positions.
+    """Slot tokens searched in order (slot 0, 1, .., K-1; again while a pass improves, at most `passes` times),
+    each scored on the frame's positions.
 
     The compared positions follow every slot, so a slot cannot be settled alone as in causal_search: each slot
-    is searched with the others at their current tokens (starting from init_ids [R, K], the text's own tokens).
+    is searched with the others at their current tokens (starting from init_ids [R, K], the text's own tokens),
+    and after each pass every exchange of two slots' tokens is tried (a permutation of the answer is a minimum
+    that single-slot moves cannot leave).
     Per slot, rounds as in causal_search (rank by the loss's first-order gain at the current tokens, check `chunk`
     candidates, then twice as many, up to max_candidates), keeping a candidate only if it lowers the loss (never
     worse than the start); a row stops once its loss is at most stop_loss. target [R, P, d]; `optim` gives the
@@ -237,6 +240,7 @@ def slot_search(lm: LoadedModel, layer: int, target: torch.Tensor, frame: TextFr
     fwd = torch.ones(r, dtype=torch.long, device=dev)
     cap = min(max_candidates, emb.shape[0])
     for _ in range(passes):
+        before_pass = loss.clone()
         for k in range(k_slots):
             checked, round_ = 0, 0
             active = torch.nonzero(loss > stop_loss).flatten()
@@ -264,6 +268,23 @@ def slot_search(lm: LoadedModel, layer: int, target: torch.Tensor, frame: TextFr
                 active = active[loss[active] > stop_loss]
             if progress:
                 progress(r, float(loss.median()))
+        if k_slots > 1:  # the moves one slot at a time cannot make: two slots exchanging their tokens
+            pairs = torch.combinations(torch.arange(k_slots), 2)  # [Q, 2]
+            active = torch.nonzero(loss > stop_loss).flatten()
+            if active.numel():
+                q = pairs.shape[0]
+                cand = ids[active].repeat_interleave(q, 0).reshape(-1, q, k_slots)  # [a, Q, K]
+                cand[:, torch.arange(q), pairs[:, 0]] = ids[active][:, pairs[:, 1]]
+                cand[:, torch.arange(q), pairs[:, 1]] = ids[active][:, pairs[:, 0]]
+                c_loss = _slot_losses(lm, layer, frame.select(active.cpu()).repeat(q), cand.reshape(-1, k_slots),
+                                      target[active].repeat_interleave(q, 0), optim, emb_layer).reshape(-1, q)
+                best, j = c_loss.min(1)
+                better = best < loss[active]
+                ids[active[better]] = cand[better, j[better]]
+                loss[active[better]] = best[better]
+                fwd[active] += q
+        if not bool((loss < before_pass).any()):
+            break
     seconds = (time.perf_counter() - start) / r
     return SlotSearchResult(ids=ids.cpu(), loss=loss.tolist(), start_loss=start_loss.tolist(),
                             forward_passes=[int(f) for f in fwd.cpu()], seconds=[seconds] * r)

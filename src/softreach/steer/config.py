@@ -78,7 +78,8 @@ class SteerConfig:
     gcg_budget: int = 256
     """gcg: forward passes per problem."""
     causal_candidates: int = 256
-    """causal: most candidates per slot and pass (2 passes over the slots; each candidate is one forward)."""
+    """causal: most candidates per slot and pass (passes over the slots while one improves, at most 4; each
+    candidate is one forward)."""
     downstream: bool = True
     """Also compare the next-token distributions at the steered positions (KL, top-1) with the target's."""
     seed: int = 0

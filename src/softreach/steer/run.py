@@ -187,7 +187,7 @@ def run_rungs(lm, layer: int, cfg: SteerConfig, base: Point, texts, donors, dire
             if folder is not None and is_done(folder):
                 results[name] = (None, read_json(folder / "config.json"))
                 continue
-            per_row = {"gcg": cfg.gcg_budget, "projected": cfg.optim.steps, "causal": 2 * problems.frame.soft}.get(rung, 0)
+            per_row = {"gcg": cfg.gcg_budget, "projected": cfg.optim.steps, "causal": 4 * problems.frame.soft}.get(rung, 0)
             bar_kind = {"unit": " slot searches", "figure": "median loss"} if rung == "causal" else {}
             with StepBar(problems.frame.rows * per_row, name, show_progress and per_row > 0, **bar_kind) as bar:
                 result, ids = solve_slot_rung(lm, layer, cfg, problems, rung, soft, base_rows, vocab, percent,
