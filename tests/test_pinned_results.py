@@ -7,10 +7,12 @@ tangent steps at a norm cap, 12 plateau decays, a decay goes on from the best it
 changed, the free ones little).
 Record again (only on purpose) with `python tests/test_pinned_results.py`.
 
-Integers, strings and booleans must match exactly; floats to 1e-3 relative (1e-4 absolute), because CPUs
+Integers, strings and booleans must match exactly; floats to 2e-3 relative (3e-4 absolute), because CPUs
 with different vector units round differently and problems still optimising carry those differences
 on: an AVX-512 host gave up to 2.6e-4 relative (a final loss of 0.0274) and 1.9e-5 absolute (an FVU of
-0.467) against the AVX2 host that recorded the first pins (these come from the AVX-512 host). On the machine that recorded them the files are byte-identical:
+0.467) against the AVX2 host that recorded the first pins (these come from an Intel AVX-512 host); an AMD EPYC
+host (AVX-512, BF16) gave 1.1e-3 relative, 1.7e-4 absolute (position 0's cosine of an unconverged Exp 2a problem).
+On the machine that recorded them the files are byte-identical:
 set SOFTREACH_PIN_EXACT=1 to assert the SHA-256 of every problems.jsonl as well.
 """
 import hashlib
@@ -72,7 +74,7 @@ def _close(a, b, where: str) -> None:
         if math.isnan(a) or math.isnan(b):
             assert math.isnan(a) and math.isnan(b), where
         else:
-            assert a == pytest.approx(b, rel=1e-3, abs=1e-4), f"{where}: {a} != {b}"
+            assert a == pytest.approx(b, rel=2e-3, abs=3e-4), f"{where}: {a} != {b}"
     elif isinstance(a, list):
         assert isinstance(b, list) and len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b)):
