@@ -361,11 +361,19 @@ def test_budget_section_table_radius_and_figure(budget_suite):
     radius = {r[0]: r[1:] for r in _table_after(section, "| Experiment | t0")}
     assert radius["Exp 1"] == EXP1_RADIUS
     assert radius["Exp 2b"] == ["not reached"] * 4 + ["inf"]
-    counts = {r[0]: r[1:] for r in _table_after(section, "| Experiment | ≤ 0.5")}
-    assert counts["Exp 1"] == ["1/5", "2/5", "3/5"] and counts["Exp 2b"] == ["—", "0/5", "1/5"]
+    counts = {r[0]: r[1:] for r in _table_after(section, "| Experiment | ≤ 0.5")}  # then how many are settled
+    assert counts["Exp 1"] == ["1/5", "2/5", "3/5", "3/5"] and counts["Exp 2b"] == ["—", "0/5", "1/5", "5/5"]
+    # at 0.95 every Exp 1 target but one is reached at 0.5; the last only free, above budget 1's unconverged problem
+    at_95 = section.split("Targets reached (cos w/o pos 0 ≥ 0.95)", 1)[1]
+    assert {r[0]: r[1:] for r in _table_after(at_95, "| Experiment | ≤ 0.5")}["Exp 1"] == ["4/5", "4/5", "5/5", "4/5"]
+    radius_95 = section.split("threshold cos w/o pos 0 ≥ 0.95):", 1)[1]
+    assert {r[0]: r[1:] for r in _table_after(radius_95, "| Experiment | t0")}["Exp 1"] == ["0.5"] * 4 + ["≤inf"]
+    converged = {r[0]: r[1:] for r in _table_after(section.split("Share of problems converged", 1)[1], "| Experiment")}
+    assert converged["Exp 1"] == ["100%", "⚠ 60%", "100%"] and converged["Exp 2b"] == ["—", "100%", "100%"]
+    assert "![share of targets reached against the input-norm budget](figures/radius.png)" in section
     assert "| 1 | full | no_mlp | 0.500 |" in section  # Exp 4 correlations at budget 1
     _check_figures(report, text)
-    assert (root / "figures" / "budgets.png").is_file()
+    assert (root / "figures" / "budgets.png").is_file() and (root / "figures" / "radius.png").is_file()
 
 
 def test_condition_blocks_show_copy_baseline_and_verdicts(budget_suite, full_suite):

@@ -1,4 +1,5 @@
-"""Presets: `quick` (the README's main job, minutes on 2 CPU cores) and `seed` (the log's protocol).
+"""Presets: `quick` (the README's main job, minutes on 2 CPU cores), `seed` (the log's protocol) and `radius`
+(the budget ladder: per-target reachability radii).
 
 A preset is a nested mapping of SuiteConfig settings; it sits between the defaults and any YAML file or
 command-line setting (see overrides.py).
@@ -26,7 +27,17 @@ QUICK = dict(
     exp3_pairs=2, exp5_targets=1, moment_windows=1000, checkpoint_every=25, trajectory_problems=3,
 )
 
-PRESETS = {"quick": QUICK, "seed": SEED}
+# The budget ladder (issue 20): the experiments whose targets have a reachability radius (real, matched random,
+# raw random, the two ablations on Exp 1's targets) at budgets 0.25 to 8 and free, each budget warm-started
+# from the one below; the report's radius section reads it.
+RADIUS = dict(
+    experiments=("exp1", "exp2a", "exp2b", "exp4"),
+    run=dict(targets=4, restarts=1, seq_len=20, norm_budgets=(0.25, 0.5, 1.0, 2.0, 4.0, 8.0, math.inf),
+             optim=dict(steps=600)),
+    moment_windows=1000, checkpoint_every=25, trajectory_problems=2,
+)
+
+PRESETS = {"quick": QUICK, "seed": SEED, "radius": RADIUS}
 
 
 def preset(name: str | None) -> dict:

@@ -9,12 +9,15 @@ import numpy as np
 
 from .. import plots
 from ..budget import budget_label
-from .blocks import absent, figure, not_beating
+from ..experiments.registry import EXPERIMENTS
+from .blocks import CONVERGED_OK, absent, converged_cell, figure, not_beating
 from .format import fmt, table
 from ..results.folder import read_json
-from .load import Condition, Run, as_float, same_targets
+from .load import Condition, Run, as_float, known_share, same_targets
 
-RADIUS_COS = 0.99  # reachability radius: smallest budget at which a target's cos w/o pos 0 reaches this
+_NOT_OPTIMISED = {c.name for e in EXPERIMENTS.values() if not e.optimised for c in e.conditions}
+RADIUS_COS = (0.99, 0.95)
+"""Reachability radius of a target at threshold c: the smallest budget at which its cos w/o position 0 reaches c."""
 
 
 def _groups(run: Run) -> dict[str, list[Condition]]:
@@ -25,19 +28,32 @@ def _groups(run: Run) -> dict[str, list[Condition]]:
     return {base: sorted(xs, key=lambda x: x.budget) for base, xs in out.items()}
 
 
-def _radius(xs: list[Condition]) -> list[str]:
-    """Per target (row index) the smallest budget of xs (ascending) at which cos w/o pos 0 >= RADIUS_COS."""
+def _radius(xs: list[Condition], threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per target (row index): the smallest budget of xs (ascending) at which cos w/o pos 0 >= threshold (NaN: no
+    budget of this run reaches it), whether that is settled (every smaller budget's problem converged: otherwise
+    more steps there might reach it, and the radius is an upper bound), and whether any cosine was recorded [N]."""
     n = max(len(x.rows) for x in xs)
-    cols = np.full((len(xs), n), np.nan)  # [B, N]
+    cos, conv = np.full((len(xs), n), np.nan), np.full((len(xs), n), np.nan)  # [B, N]
     for j, x in enumerate(xs):
-        c = x.column("cos_no_pos0")
-        cols[j, :c.size] = c
-    out = []
+        c, k = x.column("cos_no_pos0"), x.converged()
+        cos[j, :c.size], conv[j, :k.size] = c, k
+    radius, settled = np.full(n, np.nan), np.zeros(n, dtype=bool)
     for i in range(n):
-        reached = [j for j in range(len(xs)) if cols[j, i] >= RADIUS_COS]
-        out.append(budget_label(xs[reached[0]].budget) if reached
-                   else "not reached" if np.isfinite(cols[:, i]).any() else "—")
-    return out
+        reached = np.flatnonzero(cos[:, i] >= threshold)
+        first = int(reached[0]) if reached.size else len(xs)
+        if reached.size:
+            radius[i] = xs[first].budget
+        settled[i] = bool(np.all(conv[:first, i] == 1.0))
+    return radius, settled, np.isfinite(cos).any(axis=0)
+
+
+def _radius_cell(r: float, settled: bool, recorded: bool) -> str:
+    """A radius as the report prints it: "2", "≤2" (an upper bound), "not reached", "—" (no value)."""
+    if not recorded:
+        return "—"
+    if math.isnan(r):
+        return "not reached"
+    return ("" if settled else "≤") + budget_label(r)
 
 
 def _exp4_budget_correlations(run: Run) -> list[str]:
@@ -105,42 +121,56 @@ def budgets(run: Run) -> list[str]:
         out += [figure(run, "budgets.png", "fidelity against norm budget", plots.budget_curves, series), ""]
 
     # reachability radius: rows correspond across budgets within an experiment (same row index = same target)
-    radii, skipped = {}, []
-    for base, xs in groups.items():
-        if xs[0].rows and all(same_targets(x, xs[0]) for x in xs):
-            radii[xs[0].base_label] = (xs, _radius(xs))
-        else:
-            skipped.append(xs[0].base_label)
+    # (not for projections such as Exp 1b: their budget is the one their source solutions were found at)
+    groups = {b: xs for b, xs in groups.items() if b not in _NOT_OPTIMISED}
+    skipped = [xs[0].base_label for xs in groups.values()
+               if not (xs[0].rows and all(same_targets(x, xs[0]) for x in xs))]
+    groups = {b: xs for b, xs in groups.items() if xs[0].base_label not in skipped}
     out += ["### Reachability radius per target", "",
-            f"Radius of a target = the smallest budget (token-norm units) at which its cosine w/o position 0 is "
-            f"≥ {RADIUS_COS}; `inf` = only the free input reaches it; \"not reached\" = no budget in this run does "
-            "(a budget not run might). Row i of every budget folder of an experiment is the same target (checked: "
-            "same number of targets and the same text windows where recorded).", ""]
+            "Radius of a target at threshold c = the smallest budget (token-norm units) at which its cosine w/o "
+            f"position 0 is ≥ c ({' and '.join(map(str, RADIUS_COS))} here); `inf` = only the free input reaches "
+            "it; \"not reached\" = no budget in this run does (a budget not run might). `≤B`: reached at B, but a "
+            "smaller budget's problem did not converge, so the radius may be smaller (an upper bound). Row i of every "
+            "budget folder of an experiment is the same target (checked: same number of targets and the same text "
+            "windows where recorded).", ""]
     if skipped:
         out += [f"_Left out (targets differ across budgets): {', '.join(skipped)}._", ""]
-    if not radii:
+    if not groups:
         return out + absent("a radius (no experiment with corresponding targets)") + _exp4_budget_correlations(run)
-    counts = []
-    for label, (xs, rad) in radii.items():
-        own = {x.budget for x in xs}
-        cells = [label]
-        for b in budgets:
-            if b not in own:
-                cells.append("—")
-                continue
-            k = sum(r not in ("not reached", "—") and float(r) <= b for r in rad)  # float("inf") is inf
-            cells.append(f"{k}/{len(rad)}")
-        counts.append(cells)
-    out += [f"Targets reached (cos w/o pos 0 ≥ {RADIUS_COS}) at or below each budget:", ""]
-    out += table(["Experiment"] + ["free" if math.isinf(b) else f"≤ {budget_label(b)}" for b in budgets],
-                 counts) + [""]
-    n = max(len(rad) for _, rad in radii.values())
-    if n <= 20:  # experiments as rows, targets as columns
-        lines = table(["Experiment"] + [f"t{i}" for i in range(n)],
-                      [[label] + rad + ["—"] * (n - len(rad)) for label, (_, rad) in radii.items()])
-    else:  # targets as rows
-        lines = table(["target"] + list(radii),
-                      [[str(i)] + [rad[i] if i < len(rad) else "—" for _, rad in radii.values()] for i in range(n)])
-    out += [f"Radius per target (t{{i}} = row i of problems.jsonl, threshold cos w/o pos 0 ≥ {RADIUS_COS}):", ""]
-    out += lines + [""]
+    radii = {xs[0].base_label: (xs, {c: _radius(xs, c) for c in RADIUS_COS}) for xs in groups.values()}
+    converged = [[label] + [converged_cell(by_b[b]) if b in by_b else "—" for b in budgets]
+                 for label, by_b in ((lb, {x.budget: x for x in xs}) for lb, (xs, _) in radii.items())]
+    out += [f"Share of problems converged in each budget folder (under {CONVERGED_OK:.0%}: marked ⚠ here and drawn "
+            "hollow in the figure):", ""]
+    out += table(["Experiment"] + ["free" if math.isinf(b) else f"budget {budget_label(b)}" for b in budgets],
+                 converged) + [""]
+    series = {}
+    for c in RADIUS_COS:
+        counts = []
+        for label, (xs, by_c) in radii.items():
+            radius, settled, recorded = by_c[c]
+            own, n = {x.budget for x in xs}, int(recorded.sum())
+            reached = [int(np.sum(radius <= b)) for b in budgets]  # NaN compares False: not reached
+            counts.append([label] + [f"{k}/{n}" if b in own else "—" for k, b in zip(reached, budgets)]
+                          + [f"{int(settled[recorded].sum())}/{n}"])
+            s = series.setdefault(label, {"budget": [x.budget for x in xs], "reached": {},
+                                          "converged": [known_share(x.converged()) for x in xs]})
+            s["reached"][c] = [float(np.sum(radius <= x.budget)) / max(n, 1) for x in xs]
+        out += [f"Targets reached (cos w/o pos 0 ≥ {c}) at or below each budget; settled = radii that are not upper "
+                "bounds:", ""]
+        out += table(["Experiment"] + ["free" if math.isinf(b) else f"≤ {budget_label(b)}" for b in budgets]
+                     + ["settled"], counts) + [""]
+    out += [figure(run, "radius.png", "share of targets reached against the input-norm budget",
+                   plots.radius_curves, series, RADIUS_COS), ""]
+    n = max(by_c[RADIUS_COS[0]][0].size for _, by_c in radii.values())
+    for c in RADIUS_COS:
+        cells = {label: [_radius_cell(*v) for v in zip(*by_c[c])] for label, (_, by_c) in radii.items()}
+        if n <= 20:  # experiments as rows, targets as columns
+            lines = table(["Experiment"] + [f"t{i}" for i in range(n)],
+                          [[label] + r + ["—"] * (n - len(r)) for label, r in cells.items()])
+        else:  # targets as rows
+            lines = table(["target"] + list(cells),
+                          [[str(i)] + [r[i] if i < len(r) else "—" for r in cells.values()] for i in range(n)])
+        out += [f"Radius per target (t{{i}} = row i of problems.jsonl, threshold cos w/o pos 0 ≥ {c}):", ""]
+        out += lines + [""]
     return out + _exp4_budget_correlations(run)
