@@ -195,6 +195,16 @@ def test_alpha_corruption_and_ablation_tables(full_suite):
     assert f"`{json.dumps(top['token'])}` ×{top['count']}" in text or f"`` {json.dumps(top['token'])} `` ×{top['count']}" in text
 
 
+def test_sections_follow_the_registry_in_order_and_heading(full_suite):
+    from softreach.experiments.registry import EXPERIMENTS
+
+    headings = [line[3:] for line in full_suite[1].read_text().splitlines() if line.startswith("## Exp")]
+    assert headings == [e.heading for e in EXPERIMENTS.values()]
+    assert headings[:3] == ["Exp 1: reachability of real activations",
+                            "Exp 1b: distance of the optimised inputs to the token embeddings",
+                            "Exp 4: attention and FFN ablations"]  # the log's order: Exp 4 ran before Exp 2
+
+
 def test_every_linked_figure_is_a_valid_png(full_suite):
     _, report = full_suite
     links = _check_figures(report, report.read_text())
@@ -319,8 +329,8 @@ def test_budget_folders_sit_next_to_their_experiment():
     assert split_budget("exp1b_b1") == ("exp1b", 1.0)
     assert split_budget("exp1b", {"norm_budget_tokens": None, "source_norm_budget_tokens": 1}) == ("exp1b", 1.0)
     names = ["exp2b", "exp1", "foo", "exp1_b1", "exp4_no_mlp_b1", "exp1b_b1", "exp1_b0.5", "exp4_no_mlp", "exp1b"]
-    assert run_order(names) == ["exp1_b0.5", "exp1_b1", "exp1", "exp1b_b1", "exp1b", "exp2b", "exp4_no_mlp_b1",
-                                "exp4_no_mlp", "foo"]
+    assert run_order(names) == ["exp1_b0.5", "exp1_b1", "exp1", "exp1b_b1", "exp1b", "exp4_no_mlp_b1", "exp4_no_mlp",
+                                "exp2b", "foo"]  # the registry's (the log's) order
 
 
 def test_synthesis_has_a_row_per_budget_with_copy_marks_and_flags(budget_suite):

@@ -39,6 +39,8 @@ class Experiment:
 
     name: str
     conditions: tuple[Condition, ...]
+    heading: str = ""
+    """Heading of its section in the suite's report."""
     optimised: bool = True
     """Whether it runs the optimiser (exp1b only evaluates exp1's projected solutions)."""
     needs: tuple[str, ...] = ()
@@ -55,27 +57,34 @@ def _c(name, title, label, legend, targets, **kw) -> Condition:
 
 _REAL = "real activations"
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in (  # in the log's order
-    Experiment("exp1", (_c("exp1", "Experiment 1: reachability of real activations", "Exp 1", "Exp 1 real", _REAL),)),
+    Experiment("exp1", (_c("exp1", "Experiment 1: reachability of real activations", "Exp 1", "Exp 1 real", _REAL),),
+               heading="Exp 1: reachability of real activations"),
     Experiment("exp1b", (_c("exp1b", "Experiment 1b: Exp 1 solutions projected to their nearest tokens", "Exp 1b",
                             "Exp 1b nearest tokens",
                             "real activations, reached by the nearest tokens of the Exp 1 solutions"),),
-               optimised=False, needs=("exp1",)),
+               optimised=False, needs=("exp1",),
+               heading="Exp 1b: distance of the optimised inputs to the token embeddings"),
     Experiment("exp4", (
         _c("exp4_no_attn", "Experiment 4: every attention output zeroed (FFN only)", "Exp 4 no attention",
            "Exp 4 no attention", "real activations; attention zeroed (FFN only)", ablation="no_attn"),
         _c("exp4_no_mlp", "Experiment 4: every MLP output zeroed (attention only)", "Exp 4 no MLP", "Exp 4 no MLP",
-           "real activations; MLP zeroed (attention only)", ablation="no_mlp")), needs=("exp1",)),
+           "real activations; MLP zeroed (attention only)", ablation="no_mlp")), needs=("exp1",),
+               heading="Exp 4: attention and FFN ablations"),
     Experiment("exp2a", (_c("exp2a", "Experiment 2a: distribution-matched random targets", "Exp 2a",
-                            "Exp 2a matched random", "distribution-matched random"),)),
+                            "Exp 2a matched random", "distribution-matched random"),),
+               heading="Exp 2a: distribution-matched random targets"),
     Experiment("exp2b", (_c("exp2b", "Experiment 2b: raw random targets (norm-matched)", "Exp 2b",
-                            "Exp 2b raw random", "raw random (norm-matched)"),)),
+                            "Exp 2b raw random", "raw random (norm-matched)"),),
+               heading="Exp 2b: raw random targets"),
     Experiment("exp3", (_c("exp3", "Experiment 3: interpolation and extrapolation between real targets", "Exp 3",
-                           "Exp 3 interpolation", "interpolations of real pairs (all α pooled)", pooled=True),)),
+                           "Exp 3 interpolation", "interpolations of real pairs (all α pooled)", pooled=True),),
+               heading="Exp 3: interpolation and extrapolation between real targets"),
     Experiment("exp5", (
         _c("exp5_raw", "Experiment 5A: corruption of raw dimensions", "Exp 5A raw", "Exp 5A raw corruption",
            "real activations, raw dimensions corrupted (all fractions pooled)", pooled=True),
         _c("exp5_pca", "Experiment 5B: corruption of top PCA directions", "Exp 5B PCA", "Exp 5B PCA corruption",
-           "real activations, top PCA directions corrupted (all fractions pooled)", pooled=True))),
+           "real activations, top PCA directions corrupted (all fractions pooled)", pooled=True)),
+               heading="Exp 5: target corruption sweep"),
 )}
 
 _TARGETS = {

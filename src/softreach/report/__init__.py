@@ -4,6 +4,7 @@
 into run_dir, and says in the report what is missing. Every statistic is recomputed from problems.jsonl
 (one row per target), so each number can be checked against the saved rows.
 
+Sections follow the experiment registry (experiments/registry.py): its order (the log's) and headings.
 Suite layout read here (any subset may exist; the contract is docs/result-folders.md):
     exp1/ [trajectories.json]   exp1b/ [analysis.json]   exp2a/  exp2b/   exp3/ (rows: pair, alpha)
     exp4_no_attn/  exp4_no_mlp/  exp4_analysis.json      exp5_raw/  exp5_pca/ (rows: fraction)
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..experiments.registry import CONDITIONS
+from ..experiments.registry import CONDITIONS, EXPERIMENTS
 from ..results.folder import atomic_write_text
 from .budgets import budgets
 from .format import fmt, table
@@ -30,8 +31,15 @@ from .suite import budgeted, exp1, exp1b, exp3, exp4, exp5, others, simple
 
 __all__ = ["fmt", "is_result_folder", "load_run", "split_budget", "table", "write_report"]
 
-_SECTIONS = {"exp1": exp1, "exp1b": exp1b, "exp3": exp3, "exp4_no_attn": exp4, "exp4_no_mlp": exp4,
-             "exp5_raw": exp5, "exp5_pca": exp5}  # sections that render a lone result folder of their own
+_OWN = {"exp1": exp1, "exp1b": exp1b, "exp3": exp3, "exp4": exp4, "exp5": exp5}  # experiment -> its own section
+_SECTIONS = {c.name: _OWN[e.name] for e in EXPERIMENTS.values() if e.name in _OWN for c in e.conditions}
+"""Condition -> the section that renders a lone result folder of it (others: its block alone)."""
+
+
+def _experiment_sections(run) -> list[list[str]]:
+    """One section per experiment, in the registry's (the log's) order, under the registry's headings."""
+    return [_OWN[e.name](run) if e.name in _OWN else simple(run, e.conditions[0].name, e.heading)
+            for e in EXPERIMENTS.values()]
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -50,9 +58,7 @@ def write_report(run_dir: str | Path) -> Path:
             body = [others(run)]
         by_budget = [] if run.conditions[name].free else [budgets(run)]
     else:
-        body = [exp1(run), exp1b(run), simple(run, "exp2a", "Exp 2a: distribution-matched random targets"),
-                simple(run, "exp2b", "Exp 2b: raw random targets"), exp3(run), exp4(run), exp5(run),
-                budgeted(run), others(run)]
+        body = _experiment_sections(run) + [budgeted(run), others(run)]
         by_budget = [budgets(run)]
     parts = [header(run), synthesis(run)] + by_budget + [across(run)] + body
     text = "\n".join(line for part in parts for line in part).rstrip() + "\n"

@@ -19,8 +19,8 @@ from ..errors import UserError
 from ..experiments.registry import CONDITIONS
 from ..results.folder import read_json, read_problems
 
-ORDER = ("exp1", "exp1b", "exp2a", "exp2b", "exp3", "exp4_no_attn", "exp4_no_mlp", "exp5_raw", "exp5_pca")
-"""The report's order of the known result folders (the registry's CONDITIONS, by experiment number)."""
+ORDER = tuple(CONDITIONS)
+"""The report's order of the known result folders: the registry's conditions, in the log's order."""
 _SUFFIX = re.compile(r"^(?P<base>.+?)_b(?P<budget>inf|\d+(?:\.\d*)?(?:e[-+]?\d+)?)$")
 
 

@@ -6,7 +6,7 @@ import json
 import numpy as np
 
 from .. import plots
-from ..experiments.registry import CONDITIONS
+from ..experiments.registry import CONDITIONS, EXPERIMENTS
 from ..stats import correlations
 from .blocks import absent, condition_block, figure
 from .format import fmt, table
@@ -20,7 +20,7 @@ ABLATION_KEYS = {"exp1": "full", "exp4_no_attn": "no_attn", "exp4_no_mlp": "no_m
 
 def exp1(run: Run) -> list[str]:
     """Exp 1: the exp1/ block, then the all-layer trajectories (exp1/trajectories.json)."""
-    out = ["## Exp 1: reachability of real activations", ""]
+    out = ["## " + EXPERIMENTS["exp1"].heading, ""]
     if "exp1" not in run.conditions:
         return out + absent("Exp 1 (`exp1/`)")
     out += condition_block(run, run.conditions["exp1"])
@@ -48,7 +48,7 @@ def exp1(run: Run) -> list[str]:
 
 def exp1b(run: Run) -> list[str]:
     """Exp 1b: the exp1b/ block, then the embedding-distance analysis (exp1b/analysis.json)."""
-    out = ["## Exp 1b: distance of the optimised inputs to the token embeddings", ""]
+    out = ["## " + EXPERIMENTS["exp1b"].heading, ""]
     x = run.conditions.get("exp1b")
     path = side_file(run, "exp1b", "analysis.json")
     if x is None and path is None:
@@ -118,7 +118,7 @@ def _alpha_note(a: float) -> str:
 
 def exp3(run: Run) -> list[str]:
     """Exp 3: the exp3/ block, the median cosine by α and the α figure."""
-    out = ["## Exp 3: interpolation and extrapolation between real targets", ""]
+    out = ["## " + EXPERIMENTS["exp3"].heading, ""]
     x = run.conditions.get("exp3")
     if x is None:
         return out + absent("Exp 3 (`exp3/`)")
@@ -166,7 +166,7 @@ def _correlation_rows(run: Run) -> tuple[list[dict], str]:
 
 def exp4(run: Run) -> list[str]:
     """Exp 4: each ablation against the full model (Exp 1), difficulty correlations, then its blocks."""
-    out = ["## Exp 4: attention and FFN ablations", ""]
+    out = ["## " + EXPERIMENTS["exp4"].heading, ""]
     variants = [n for n in ("exp4_no_attn", "exp4_no_mlp") if n in run.conditions]
     if not variants:
         return out + absent("Exp 4 (`exp4_no_attn/`, `exp4_no_mlp/`)")
@@ -210,7 +210,7 @@ def exp4(run: Run) -> list[str]:
 
 def exp5(run: Run) -> list[str]:
     """Exp 5: medians by corrupted fraction for both variants, the corruption figure, then their blocks."""
-    out = ["## Exp 5: target corruption sweep", ""]
+    out = ["## " + EXPERIMENTS["exp5"].heading, ""]
     variants = {n: run.conditions[n] for n in ("exp5_raw", "exp5_pca") if n in run.conditions}
     if not variants:
         return out + absent("Exp 5 (`exp5_raw/`, `exp5_pca/`)")
