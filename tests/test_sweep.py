@@ -211,6 +211,14 @@ def test_local_backend_writes_every_cell_and_collect_builds_the_table(local_out)
     report = (local_out / "sweep_report.md").read_text()
     assert "5 of 5 cells have results" in report and "figures/sweep_cos_by_layer.png" in report
     assert (local_out / "figures" / "sweep_cos_by_layer.png").stat().st_size > 1000
+    # the token-scale section: budget 1's cells beside their copy baseline, floor and share converged
+    budget = report.split("## At token-scale input norms", 1)[1].split("\n## ", 1)[0]
+    assert "figures/sweep_budgets_by_layer.png" in budget
+    assert (local_out / "figures" / "sweep_budgets_by_layer.png").stat().st_size > 1000
+    r = df[(df["cell"] == "tiny3__L02") & (df["condition"] == "exp1_b1")].iloc[0]
+    line = next(x for x in budget.splitlines() if x.startswith("| `tiny3` | 2 |"))
+    assert f"{r['median_cos_no_pos0']:.4f} ({r['copy_cos_no_pos0']:.4f}, {r['floor_cos_no_pos0']:.4f}," in line
+    assert "exp1_b1" in budget and "| exp1 |" not in budget  # free cells stay in the table below
 
 
 def test_second_run_recomputes_nothing(root, local_out, monkeypatch):

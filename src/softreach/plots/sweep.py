@@ -65,3 +65,52 @@ def plot_by_layer(df, conditions: list[str] | None, path: str | os.PathLike, tit
         top.legend(fontsize=7)
     fig.suptitle(title)
     return _save(fig, path)
+
+
+def budgets_by_layer(df, path: str | os.PathLike, converged_ok: float = 0.9) -> Path:
+    """Token-scale depth: median cosine w/o position 0 against layer at each finite input-norm budget, a panel per
+    experiment (a row per model); the copy baseline dashed and the random-token floor dotted grey; a hollow marker
+    where fewer than `converged_ok` of the cell's problems converged (that point is a lower bound)."""
+    import math
+
+    from matplotlib.figure import Figure
+
+    from ..report.load import split_budget
+
+    sub = df[df["norm_budget"].map(lambda b: math.isfinite(float(b)))].copy()
+    sub["base"] = sub["condition"].map(lambda c: split_budget(c)[0])
+    models, bases = list(dict.fromkeys(sub["model"])), list(dict.fromkeys(sub["base"]))
+    budgets = sorted(set(sub["norm_budget"]))
+    fig = Figure(figsize=(4.6 * len(bases) + 1.8, 4.2 * len(models)), layout="constrained")
+    axes = fig.subplots(len(models), len(bases), squeeze=False)
+    for i, model in enumerate(models):
+        for j, base in enumerate(bases):
+            ax, values = axes[i][j], []
+            for k, budget in enumerate(budgets):
+                g = sub[(sub["model"] == model) & (sub["base"] == base) & (sub["norm_budget"] == budget)]
+                g = g.sort_values("layer")
+                if g.empty:
+                    continue
+                color, x = f"C{k % 10}", g["layer"].to_numpy()
+                y, done = g["median_cos_no_pos0"].to_numpy(), g["share_converged"].to_numpy() >= converged_ok
+                ax.plot(x, y, color=color, linewidth=1.8, label=f"budget {budget:g}")
+                ax.scatter(x[done], y[done], color=color, s=26, zorder=3)
+                ax.scatter(x[~done], y[~done], facecolors="white", edgecolors=color, s=26, zorder=3)
+                ax.plot(x, g["copy_cos_no_pos0"], color=color, linestyle="--", linewidth=1, alpha=0.8)
+                values += list(y) + list(g["copy_cos_no_pos0"])
+                if k == 0:
+                    ax.plot(x, g["floor_cos_no_pos0"], color="0.6", linestyle=":", linewidth=1)
+                    values += list(g["floor_cos_no_pos0"])
+            _cosine_axis(ax, values, label="median cos w/o position 0")
+            ax.set_title(f"{CONDITIONS[base].legend if base in CONDITIONS else base} ({model_label(model)})",
+                         fontsize=9)
+            ax.set_xlabel("layer L")
+            ax.set_xticks(sorted(set(sub[sub["model"] == model]["layer"])))
+            ax.grid(alpha=0.3)
+    handles = axes[0][-1]
+    handles.plot([], [], color="black", linestyle="--", linewidth=1, label="copy baseline (same colour)")
+    handles.plot([], [], color="0.6", linestyle=":", label="random-token floor")
+    handles.scatter([], [], facecolors="white", edgecolors="black", s=26, label=f"< {converged_ok:.0%} converged")
+    handles.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
+    fig.suptitle("Reachability against depth at token-scale input norms")
+    return _save(fig, path)

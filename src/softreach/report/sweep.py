@@ -47,7 +47,7 @@ def write_sweep_report(out: str | Path, df, record: dict, missing: list[str], fi
     if not df.empty:
         if figures:
             lines += _figure_lines(out, df)
-        lines += _table_lines(df, model_label)
+        lines += _budget_lines(out, df, figures, model_label) + _table_lines(df, model_label)
     path = out / "sweep_report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
@@ -79,3 +79,43 @@ def _table_lines(df, model_label) -> list[str]:
                        for c in conditions])
     return (["## Median cosine per cell", "", "Median over targets, random-token floor in brackets.", ""]
             + table(["model", "layer", "overrides"] + conditions, rows) + [""])
+
+
+def _budget_lines(out: Path, df, figures: bool, model_label) -> list[str]:
+    """Cells at finite input-norm budgets: a figure against layer and a table of cos w/o position 0 beside the
+    copy baseline, the floor and the share converged ([] when every cell is free)."""
+    import math
+
+    from .blocks import CONVERGED_OK
+
+    sub = df[df["norm_budget"].map(lambda b: math.isfinite(float(b)))]
+    if sub.empty:
+        return []
+    lines = ["## At token-scale input norms", "",
+             "Median cosine without position 0 per cell at each finite budget (× the mean token-embedding norm), "
+             "then (copy baseline, random-token floor, share of problems converged; ⚠ under "
+             f"{CONVERGED_OK:.0%}: the median is a lower bound).", ""]
+    if figures:
+        from ..plots.sweep import budgets_by_layer
+
+        name = "sweep_budgets_by_layer.png"
+        try:
+            budgets_by_layer(sub, out / "figures" / name, CONVERGED_OK)
+            lines += [f"![cosine against layer at each budget](figures/{name})", ""]
+        except Exception as e:  # a figure must never cost the table
+            lines += [f"_Figure `{name}` could not be drawn ({type(e).__name__}: {e})._", ""]
+    conditions = list(dict.fromkeys(sub["condition"]))
+    rows = []
+    for _, g in sub.groupby("cell", sort=False):
+        by = {r["condition"]: r for _, r in g.iterrows()}
+        first = g.iloc[0]
+
+        def cell(r):
+            conv = r["share_converged"]
+            mark = "⚠ " if math.isfinite(conv) and conv < CONVERGED_OK else ""
+            return (f"{fmt(r['median_cos_no_pos0'])} ({fmt(r['copy_cos_no_pos0'])}, {fmt(r['floor_cos_no_pos0'])}, "
+                    f"{mark}{conv:.0%})")
+
+        rows.append([f"`{model_label(first['model'])}`", str(first["layer"])]
+                    + [cell(by[c]) if c in by else "—" for c in conditions])
+    return lines + table(["model", "layer"] + conditions, rows) + [""]
