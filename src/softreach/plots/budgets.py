@@ -71,10 +71,10 @@ def _budget_axis(ax, finite: list[float], x_free: float) -> None:
     ax.set_xlim((finite[0] if finite else x_free) / 10 ** 0.15, x_free * 10 ** 0.15)
 
 
-def radius_curves(series: dict[str, dict], thresholds: tuple, path) -> Path:
+def radius_curves(series: dict[str, dict], thresholds: tuple, path, converged_ok: float = 0.9) -> Path:
     """Cumulative share of targets reached against the input-norm budget, one panel per threshold, one line per
     experiment (each shifted up or down by up to 0.02 so that equal lines stay visible); a hollow marker where fewer
-    than 90% of that budget's problems converged (the share reached there may still grow).
+    than `converged_ok` of that budget's problems converged (the share reached there may still grow).
 
     series: label -> {"budget": [B] (ascending, math.inf = free), "reached": {threshold: [B] shares in [0, 1]},
     "converged": [B] shares of problems converged (NaN where not recorded)}.
@@ -87,7 +87,7 @@ def radius_curves(series: dict[str, dict], thresholds: tuple, path) -> Path:
             x = xpos(s["budget"])
             # equal lines would hide each other: each is shifted by up to ±0.02 (the tables carry the counts)
             y = np.asarray(s["reached"][threshold], dtype=np.float64) + (0.04 * i / max(len(series) - 1, 1) - 0.02)
-            done = np.asarray(s["converged"], dtype=np.float64) >= 0.9
+            done = np.asarray(s["converged"], dtype=np.float64) >= converged_ok
             ax.step(x, y, where="post", color=color, linewidth=1.8, label=label)
             ax.scatter(x[done], y[done], color=color, s=28, zorder=3)
             ax.scatter(x[~done], y[~done], facecolors="white", edgecolors=color, s=28, zorder=3)
@@ -97,7 +97,8 @@ def radius_curves(series: dict[str, dict], thresholds: tuple, path) -> Path:
         ax.set_title(f"cos w/o position 0 ≥ {threshold:g}")
         ax.set_xlabel("input-norm budget (× mean token-embedding norm, log scale)")
         ax.grid(alpha=0.3)
-    axes[-1].scatter([], [], facecolors="white", edgecolors="black", s=28, label="< 90% of problems converged")
+    axes[-1].scatter([], [], facecolors="white", edgecolors="black", s=28,
+                     label=f"< {converged_ok:.0%} of problems converged")
     axes[-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     fig.suptitle("Reachability radius: share of targets reached at or below each budget")
     return _save(fig, path)

@@ -1,6 +1,7 @@
 """Figures of a sweep: median cosine against layer, a column per model (from the cells.parquet table)."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -71,8 +72,6 @@ def budgets_by_layer(df, path: str | os.PathLike, converged_ok: float = 0.9) -> 
     """Token-scale depth: median cosine w/o position 0 against layer at each finite input-norm budget, a panel per
     experiment (a row per model); the copy baseline dashed and the random-token floor dotted grey; a hollow marker
     where fewer than `converged_ok` of the cell's problems converged (that point is a lower bound)."""
-    import math
-
     from matplotlib.figure import Figure
 
     from ..report.load import split_budget

@@ -36,10 +36,14 @@ def _finite_stats(values: np.ndarray) -> dict | None:
     return describe(v) if v.size else None
 
 
-def converged_cell(x: Condition) -> str:
-    """Share converged, flagged '⚠' under CONVERGED_OK."""
-    share = known_share(x.converged())
+def share_cell(share: float) -> str:
+    """A share of problems converged, flagged '⚠' under CONVERGED_OK."""
     return f"⚠ {pct(share)}" if math.isfinite(share) and share < CONVERGED_OK else pct(share)
+
+
+def converged_cell(x: Condition) -> str:
+    """The folder's share converged, flagged '⚠' under CONVERGED_OK."""
+    return share_cell(known_share(x.converged()))
 
 
 def not_beating(x: Condition) -> bool:

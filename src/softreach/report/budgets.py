@@ -123,9 +123,9 @@ def budgets(run: Run) -> list[str]:
     # reachability radius: rows correspond across budgets within an experiment (same row index = same target)
     # (not for projections such as Exp 1b: their budget is the one their source solutions were found at)
     groups = {b: xs for b, xs in groups.items() if b not in _NOT_OPTIMISED}
-    skipped = [xs[0].base_label for xs in groups.values()
-               if not (xs[0].rows and all(same_targets(x, xs[0]) for x in xs))]
-    groups = {b: xs for b, xs in groups.items() if xs[0].base_label not in skipped}
+    corresponds = {b: bool(xs[0].rows) and all(same_targets(x, xs[0]) for x in xs) for b, xs in groups.items()}
+    skipped = [groups[b][0].base_label for b, ok in corresponds.items() if not ok]
+    groups = {b: xs for b, xs in groups.items() if corresponds[b]}
     out += ["### Reachability radius per target", "",
             "Radius of a target at threshold c = the smallest budget (token-norm units) at which its cosine w/o "
             f"position 0 is ≥ c ({' and '.join(map(str, RADIUS_COS))} here); `inf` = only the free input reaches "
@@ -138,8 +138,10 @@ def budgets(run: Run) -> list[str]:
     if not groups:
         return out + absent("a radius (no experiment with corresponding targets)") + _exp4_budget_correlations(run)
     radii = {xs[0].base_label: (xs, {c: _radius(xs, c) for c in RADIUS_COS}) for xs in groups.values()}
-    converged = [[label] + [converged_cell(by_b[b]) if b in by_b else "—" for b in budgets]
-                 for label, by_b in ((lb, {x.budget: x for x in xs}) for lb, (xs, _) in radii.items())]
+    converged = []
+    for label, (xs, _) in radii.items():
+        by_b = {x.budget: x for x in xs}
+        converged.append([label] + [converged_cell(by_b[b]) if b in by_b else "—" for b in budgets])
     out += [f"Share of problems converged in each budget folder (under {CONVERGED_OK:.0%}: marked ⚠ here and drawn "
             "hollow in the figure):", ""]
     out += table(["Experiment"] + ["free" if math.isinf(b) else f"budget {budget_label(b)}" for b in budgets],
@@ -155,13 +157,13 @@ def budgets(run: Run) -> list[str]:
                           + [f"{int(settled[recorded].sum())}/{n}"])
             s = series.setdefault(label, {"budget": [x.budget for x in xs], "reached": {},
                                           "converged": [known_share(x.converged()) for x in xs]})
-            s["reached"][c] = [float(np.sum(radius <= x.budget)) / max(n, 1) for x in xs]
+            s["reached"][c] = [k / max(n, 1) for k, b in zip(reached, budgets) if b in own]  # xs's budgets
         out += [f"Targets reached (cos w/o pos 0 ≥ {c}) at or below each budget; settled = radii that are not upper "
                 "bounds:", ""]
         out += table(["Experiment"] + ["free" if math.isinf(b) else f"≤ {budget_label(b)}" for b in budgets]
                      + ["settled"], counts) + [""]
     out += [figure(run, "radius.png", "share of targets reached against the input-norm budget",
-                   plots.radius_curves, series, RADIUS_COS), ""]
+                   plots.radius_curves, series, RADIUS_COS, converged_ok=CONVERGED_OK), ""]
     n = max(by_c[RADIUS_COS[0]][0].size for _, by_c in radii.values())
     for c in RADIUS_COS:
         cells = {label: [_radius_cell(*v) for v in zip(*by_c[c])] for label, (_, by_c) in radii.items()}

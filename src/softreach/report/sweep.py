@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -84,9 +85,7 @@ def _table_lines(df, model_label) -> list[str]:
 def _budget_lines(out: Path, df, figures: bool, model_label) -> list[str]:
     """Cells at finite input-norm budgets: a figure against layer and a table of cos w/o position 0 beside the
     copy baseline, the floor and the share converged ([] when every cell is free)."""
-    import math
-
-    from .blocks import CONVERGED_OK
+    from .blocks import CONVERGED_OK, share_cell
 
     sub = df[df["norm_budget"].map(lambda b: math.isfinite(float(b)))]
     if sub.empty:
@@ -104,18 +103,15 @@ def _budget_lines(out: Path, df, figures: bool, model_label) -> list[str]:
             lines += [f"![cosine against layer at each budget](figures/{name})", ""]
         except Exception as e:  # a figure must never cost the table
             lines += [f"_Figure `{name}` could not be drawn ({type(e).__name__}: {e})._", ""]
+    def cell(r) -> str:
+        return (f"{fmt(r['median_cos_no_pos0'])} ({fmt(r['copy_cos_no_pos0'])}, {fmt(r['floor_cos_no_pos0'])}, "
+                f"{share_cell(r['share_converged'])})")
+
     conditions = list(dict.fromkeys(sub["condition"]))
     rows = []
     for _, g in sub.groupby("cell", sort=False):
         by = {r["condition"]: r for _, r in g.iterrows()}
         first = g.iloc[0]
-
-        def cell(r):
-            conv = r["share_converged"]
-            mark = "⚠ " if math.isfinite(conv) and conv < CONVERGED_OK else ""
-            return (f"{fmt(r['median_cos_no_pos0'])} ({fmt(r['copy_cos_no_pos0'])}, {fmt(r['floor_cos_no_pos0'])}, "
-                    f"{mark}{conv:.0%})")
-
         rows.append([f"`{model_label(first['model'])}`", str(first["layer"])]
                     + [cell(by[c]) if c in by else "—" for c in conditions])
     return lines + table(["model", "layer"] + conditions, rows) + [""]
