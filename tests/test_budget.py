@@ -219,3 +219,36 @@ def test_converged_at_the_cap_gains_little_under_an_independent_optimiser(capped
     start = objective(lm, 2, long.soft_prompt, target, cfg)
     end = _descend(lm, long.soft_prompt.clone(), target, cap, cfg)
     assert ((start - end) <= 0.005).all() and ((start - end) >= 0).all(), start - end
+
+
+def test_relative_steps_scale_with_each_vector_s_own_size():
+    from softreach.optimize import _adam_update
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 8, generator=g) * torch.tensor([0.1, 1.0, 10.0]).view(1, 3, 1)  # norms 3 orders apart
+    grad = torch.randn(2, 3, 8, generator=g)
+    lr = torch.tensor([0.1, 0.02])  # one per problem
+    for relative in (True, False):
+        soft, m, v = x.clone(), torch.zeros_like(x), torch.zeros_like(x)
+        _adam_update(soft, grad, m, v, 0, lr, relative=relative)
+        step = (soft - x).norm(dim=-1)  # [2, 3]
+        if relative:  # Adam's first step (lr per coordinate) times the vector's RMS: lr x its norm
+            torch.testing.assert_close(step, lr.view(2, 1) * x.norm(dim=-1), rtol=1e-4, atol=0)
+        else:  # Adam's first step: lr per coordinate, the same length for every vector
+            torch.testing.assert_close(step, lr.view(2, 1).expand(2, 3) * math.sqrt(8), rtol=1e-4, atol=0)
+
+
+def test_relative_rule_keeps_batched_equal_to_alone_under_a_cap():
+    lm = random_model("llama")
+    target = _targets(lm, 3)
+    init = initial_prompts([(i, 0) for i in range(3)], 6, lm.d_model, 1.0, seed=2)
+    init[0] = 20 * target[0]  # a copy start: stops early, while the others keep going
+    cfg = OptimConfig(steps=200, lr=0.05, window=10, tol=1e-4, step_rule="relative")
+    cap = mean_token_norm(lm)
+    batched = optimise(lm, 2, target, init, cfg, max_norm=cap)
+    assert bool((batched.soft_prompt.norm(dim=-1) <= cap * (1 + 1e-5)).all())
+    assert batched.steps_run.min() < batched.steps_run.max()
+    for i in range(3):
+        alone = optimise(lm, 2, target[i : i + 1], init[i : i + 1], cfg, max_norm=cap)
+        assert int(alone.steps_run[0]) == int(batched.steps_run[i])
+        torch.testing.assert_close(batched.soft_prompt[i], alone.soft_prompt[0], rtol=1e-3, atol=1e-4)

@@ -94,9 +94,10 @@ class OptimConfig:
     too few for Adam to settle on a stationary point at a small cap)."""
     early_stop: bool = True
     """Converged problems leave the batch (their results are identical to running on); the seed preset: off."""
-    step_rule: Literal["tangent", "projected"] = "tangent"
+    step_rule: Literal["tangent", "projected", "relative"] = "tangent"
     """At a norm cap, Adam steps on the feasible gradient (tangent: its fixed points are stationary points) or on
-    the raw gradient (projected, before issue 17: it can stall elsewhere); both then clip to the cap."""
+    the raw gradient (projected, before issue 17: it can stall elsewhere); both then clip to the cap. relative: as
+    tangent, with each vector's step also scaled by its own RMS (lr a fraction of its size, as Adafactor's)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute dtype of the forward and backward (soft prompts, Adam and every metric stay float32)."""
 

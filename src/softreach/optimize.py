@@ -151,12 +151,18 @@ def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Ten
                        extra={"param": best})
 
 
-def _adam_update(soft, grad, m, v, step: int, lr: torch.Tensor) -> None:
-    """One Adam step (torch.optim.Adam's defaults) with a learning rate per problem (lr: [B]), in place."""
+def _adam_update(soft, grad, m, v, step: int, lr: torch.Tensor, relative: bool = False) -> None:
+    """One Adam step (torch.optim.Adam's defaults) with a learning rate per problem (lr: [B]), in place.
+
+    relative: each input vector's step is also multiplied by its own root mean square (Adafactor's relative step
+    size, per vector), so lr is a fraction of the vector's size rather than an absolute length.
+    """
     m.mul_(_BETA1).add_(grad, alpha=1 - _BETA1)
     v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
     denom = (v / (1 - _BETA2 ** (step + 1))).sqrt_().add_(_EPS)
     lr = (lr / (1 - _BETA1 ** (step + 1))).to(soft.device).view(-1, *([1] * (soft.dim() - 1)))
+    if relative:  # [B, T, 1] per-vector RMS; floored so a vector at 0 can still move
+        lr = lr * soft.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-3)
     soft.addcdiv_(m * lr, denom, value=-1.0)
 
 
@@ -238,10 +244,11 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
         s["cos_curve"][alive, step] = cos
         s["norm_curve"][alive, step] = inputs.detach().float().norm(dim=-1).mean(1).cpu()
         s["grad_curve"][alive, step] = grad_norm
-        if cfg.step_rule == "tangent":  # Adam on the feasible gradient: its fixed points are stationary points
+        if cfg.step_rule != "projected":  # Adam on the feasible gradient: its fixed points are stationary points
             grad = feasible
         with torch.no_grad():
-            _adam_update(soft, grad, s["m"], s["v"], step, cfg.lr_at(step) * s["lr_scale"][alive])
+            _adam_update(soft, grad, s["m"], s["v"], step, cfg.lr_at(step) * s["lr_scale"][alive],
+                         relative=cfg.step_rule == "relative")
             param.after_step(soft)
             s["soft"] = clip_norms(soft, None if caps is None else caps[alive])
         s["step"] = step + 1

@@ -16,6 +16,8 @@ SOLVERS = {
                                                         prune_after=0, step_rule="projected"),
     "projected Adam, plateau lr 0.2, 6 decays (before issue 17)": dict(step_rule="projected", plateau_decays=6),
     "tangent Adam, plateau lr 0.2, 12 decays (default)": dict(),
+    # each vector's step times its own RMS (Adafactor's relative step): lr a fraction of the vector's size
+    "relative Adam, plateau lr 1, 12 decays": dict(step_rule="relative", lr=1.0),
 }
 
 
