@@ -16,6 +16,7 @@ from softreach.metrics import reachability_loss
 from softreach.optimize import (
     ChunkCheckpoint,
     OptimConfig,
+    _adam_update,
     feasible_gradient,
     initial_prompts,
     optimise,
@@ -93,17 +94,21 @@ def test_fidelity_never_falls_as_the_budget_grows():
         warm, previous = res.soft_prompt, cos
 
 
-def test_early_stopping_keeps_batched_equal_to_alone():
+@pytest.mark.parametrize("step_rule,capped", [("tangent", False), ("relative", True)])
+def test_early_stopping_keeps_batched_equal_to_alone(step_rule, capped):
     lm = random_model("gpt_neox")
+    cap = mean_token_norm(lm) if capped else None
     target = _targets(lm, 4)
     init = initial_prompts([(i, 0) for i in range(4)], 6, lm.d_model, 1.0, seed=1)
     init[0] = 20 * target[0]  # a copy start: converges early, while the others keep going
-    cfg = OptimConfig(steps=300, lr=0.05, window=10, tol=1e-4)
-    batched = optimise(lm, 2, target, init, cfg)
+    cfg = OptimConfig(steps=300, lr=0.05, window=10, tol=1e-4, step_rule=step_rule)
+    batched = optimise(lm, 2, target, init, cfg, max_norm=cap)
+    if capped:
+        assert bool((batched.soft_prompt.norm(dim=-1) <= cap * (1 + 1e-5)).all())
     steps = batched.steps_run
     assert steps.min() < steps.max() and bool(batched.converged.any())
     for i in range(4):
-        alone = optimise(lm, 2, target[i : i + 1], init[i : i + 1], cfg)
+        alone = optimise(lm, 2, target[i : i + 1], init[i : i + 1], cfg, max_norm=cap)
         assert int(alone.steps_run[0]) == int(steps[i])
         assert bool(alone.converged[0]) == bool(batched.converged[i])
         torch.testing.assert_close(batched.soft_prompt[i], alone.soft_prompt[0], rtol=1e-3, atol=1e-4)
@@ -222,8 +227,6 @@ def test_converged_at_the_cap_gains_little_under_an_independent_optimiser(capped
 
 
 def test_relative_steps_scale_with_each_vector_s_own_size():
-    from softreach.optimize import _adam_update
-
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 3, 8, generator=g) * torch.tensor([0.1, 1.0, 10.0]).view(1, 3, 1)  # norms 3 orders apart
     grad = torch.randn(2, 3, 8, generator=g)
@@ -237,18 +240,3 @@ def test_relative_steps_scale_with_each_vector_s_own_size():
         else:  # Adam's first step: lr per coordinate, the same length for every vector
             torch.testing.assert_close(step, lr.view(2, 1).expand(2, 3) * math.sqrt(8), rtol=1e-4, atol=0)
 
-
-def test_relative_rule_keeps_batched_equal_to_alone_under_a_cap():
-    lm = random_model("llama")
-    target = _targets(lm, 3)
-    init = initial_prompts([(i, 0) for i in range(3)], 6, lm.d_model, 1.0, seed=2)
-    init[0] = 20 * target[0]  # a copy start: stops early, while the others keep going
-    cfg = OptimConfig(steps=200, lr=0.05, window=10, tol=1e-4, step_rule="relative")
-    cap = mean_token_norm(lm)
-    batched = optimise(lm, 2, target, init, cfg, max_norm=cap)
-    assert bool((batched.soft_prompt.norm(dim=-1) <= cap * (1 + 1e-5)).all())
-    assert batched.steps_run.min() < batched.steps_run.max()
-    for i in range(3):
-        alone = optimise(lm, 2, target[i : i + 1], init[i : i + 1], cfg, max_norm=cap)
-        assert int(alone.steps_run[0]) == int(batched.steps_run[i])
-        torch.testing.assert_close(batched.soft_prompt[i], alone.soft_prompt[0], rtol=1e-3, atol=1e-4)
