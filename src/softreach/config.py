@@ -30,11 +30,14 @@ def check_choices(obj) -> None:
 
 
 def as_dict(obj) -> dict:
-    """A config as JSON-ready nested dicts (tuples become lists)."""
+    """A config as JSON-ready nested dicts (tuples become lists; a nested config's own to_dict is used)."""
     out = {}
     for f in fields(obj):
         v = getattr(obj, f.name)
-        out[f.name] = as_dict(v) if hasattr(v, "__dataclass_fields__") else list(v) if isinstance(v, tuple) else v
+        if hasattr(v, "__dataclass_fields__"):
+            out[f.name] = v.to_dict() if hasattr(v, "to_dict") else as_dict(v)
+        else:
+            out[f.name] = list(v) if isinstance(v, tuple) else v
     return out
 
 
@@ -94,6 +97,10 @@ class OptimConfig:
     too few for Adam to settle on a stationary point at a small cap)."""
     early_stop: bool = True
     """Converged problems leave the batch (their results are identical to running on); the seed preset: off."""
+    solver: Literal["adam", "lbfgs"] = "adam"
+    """adam: Adam with a learning rate per problem (step_rule picks its variant); lbfgs: L-BFGS with each
+    problem's own history and backtracking line search, its first step Adam-sized (lr per coordinate); slower
+    than Adam on SmolLM2 at budget 1 (the README's solver study)."""
     step_rule: Literal["tangent", "projected", "relative"] = "tangent"
     """At a norm cap, Adam steps on the feasible gradient (tangent: its fixed points are stationary points) or on
     the raw gradient (projected, before issue 17: it can stall elsewhere); both then clip to the cap. relative: as
@@ -116,11 +123,16 @@ class OptimConfig:
             raise UserError(f"--memory-budget-mb must be positive, got {self.memory_budget_mb}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.solver == "lbfgs" and self.step_rule == "relative":
+            raise UserError("--step-rule relative is Adam's; --solver lbfgs takes tangent or projected")
         if self.window < 1 or self.plateau_decays < 0:
             raise UserError("--window must be >= 1 and --plateau-decays >= 0")
 
-    def to_dict(self) -> dict:
-        return as_dict(self)
+    def to_dict(self) -> dict:  # the default solver is left out, so folders made before the choice resume
+        out = as_dict(self)
+        if self.solver == "adam":
+            del out["solver"]
+        return out
 
     def problem_steps(self, targets: int, restarts: int) -> int:
         """Most problem-steps `targets` x `restarts` problems can take, restart pruning included."""

@@ -1,9 +1,9 @@
 """The batched soft-prompt optimiser.
 
-Many problems (target x restart) are optimised in one batch with their losses summed. Adam is
-per-element (here with a learning rate per problem) and the model treats batch rows independently,
-so each problem follows the trajectory it would follow alone. Weights are frozen: only the inputs
-get gradients, and the forward stops at the target layer.
+Many problems (target x restart) are optimised in one batch with their losses summed. The model treats batch
+rows independently and the solver (`solvers/`: Adam by default, or L-BFGS) keeps its state per row, so each
+problem follows the trajectory it would follow alone. Weights are frozen: only the inputs get gradients, and the
+forward stops at the target layer.
 
 Each problem keeps its best iterate (lowest loss seen), may carry an input-norm cap (every vector's
 norm is clipped to it after every step), and leaves the batch once it has converged (its best loss is
@@ -27,8 +27,8 @@ from .frame import TextFrame, frame_residual
 from .metrics import reachability_loss
 from .models import LoadedModel
 from .residual import residual_at
+from .solvers import make_solver
 
-_BETA1, _BETA2, _EPS = 0.9, 0.999, 1e-8
 SETTLE_DECAYS = 3  # plateau schedule: halvings before a plateau may count as converged (steps 8x smaller gained nothing)
 
 
@@ -78,7 +78,7 @@ class InputParam:
         return None
 
     def after_step(self, param: torch.Tensor) -> None:
-        """Called under no_grad after each Adam step (e.g. a projection, in place)."""
+        """Called under no_grad after each solver step (e.g. a projection, in place)."""
 
 
 FREE = InputParam()
@@ -151,21 +151,6 @@ def optimise(lm: LoadedModel, layer: int, targets: torch.Tensor, init: torch.Ten
                        extra={"param": best})
 
 
-def _adam_update(soft, grad, m, v, step: int, lr: torch.Tensor, relative: bool = False) -> None:
-    """One Adam step (torch.optim.Adam's defaults) with a learning rate per problem (lr: [B]), in place.
-
-    relative: each input vector's step is also multiplied by its own root mean square (Adafactor's relative step
-    size, per vector), so lr is a fraction of the vector's size rather than an absolute length.
-    """
-    m.mul_(_BETA1).add_(grad, alpha=1 - _BETA1)
-    v.mul_(_BETA2).addcmul_(grad, grad, value=1 - _BETA2)
-    denom = (v / (1 - _BETA2 ** (step + 1))).sqrt_().add_(_EPS)
-    lr = (lr / (1 - _BETA1 ** (step + 1))).to(soft.device).view(-1, *([1] * (soft.dim() - 1)))
-    if relative:  # [B, T, 1] per-vector RMS; floored so a vector at 0 can still move
-        lr = lr * soft.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-3)
-    soft.addcdiv_(m * lr, denom, value=-1.0)
-
-
 def feasible_gradient(grad: torch.Tensor, x: torch.Tensor, caps: torch.Tensor | None) -> torch.Tensor:
     """The gradient [B, T, d] projected onto the feasible directions at x [B, T, d] (caps: [B], inf = free).
 
@@ -208,10 +193,15 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
         "converged": torch.zeros(rows, dtype=torch.bool),
         "pruned": False,
     }
-    s["m"], s["v"] = torch.zeros_like(s["soft"]), torch.zeros_like(s["soft"])
+    solver = make_solver(cfg)
+    s["solver"] = solver.init_state(s["soft"])  # per-row tensors on the device, compacted with "soft"
     loaded = checkpoint.load(chunk)
     if loaded is not None:
-        s = {k: (v.to(dev) if k in ("soft", "m", "v") else v) for k, v in loaded.items()}
+        s = dict(loaded)
+        if "m" in s:  # checkpoints made before the solvers had a module of their own: Adam's moments
+            s["solver"] = {"m": s.pop("m"), "v": s.pop("v")}
+        s["soft"] = s["soft"].to(dev)
+        s["solver"] = {k: v.to(dev) for k, v in s["solver"].items()}
         for key, shape in (("grad_curve", (rows, cfg.steps)), ("best_grad", (rows,))):  # checkpoints made before them
             s.setdefault(key, torch.full(shape, float("nan")))
         if progress:
@@ -247,16 +237,15 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
         if cfg.step_rule != "projected":  # Adam on the feasible gradient: its fixed points are stationary points
             grad = feasible
         with torch.no_grad():
-            _adam_update(soft, grad, s["m"], s["v"], step, cfg.lr_at(step) * s["lr_scale"][alive],
-                         relative=cfg.step_rule == "relative")
+            soft = solver.step(s["solver"], soft, loss.to(dev), grad, step, cfg.lr_at(step) * s["lr_scale"][alive])
             param.after_step(soft)
             s["soft"] = clip_norms(soft, None if caps is None else caps[alive])
         s["step"] = step + 1
         if progress:
             progress(len(alive), float(cos.median()))
-        _check_convergence(s, cfg)
+        _check_convergence(s, cfg, solver)
         if checkpoint.every and (s["step"] % checkpoint.every == 0 or s["step"] == cfg.steps or not len(s["alive"])):
-            checkpoint.save(chunk, {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in s.items()})
+            checkpoint.save(chunk, _to_cpu(s))
     if len(s["alive"]):  # the iterate after the last step is a candidate too (free vectors: its gradient too)
         alive = s["alive"]
         soft = s["soft"].requires_grad_(param is FREE)  # constrained parameters record their forwards
@@ -296,7 +285,14 @@ def _record_best(s: dict, soft: torch.Tensor, loss: torch.Tensor, grad_norm: tor
     s["best_grad"][alive[improved]] = grad_norm[improved]
 
 
-def _check_convergence(s: dict, cfg: OptimConfig) -> None:
+def _to_cpu(state):
+    """A copy of the chunk's state on the CPU (tensors, and the dicts of tensors in it)."""
+    if isinstance(state, dict):
+        return {k: _to_cpu(v) for k, v in state.items()}
+    return state.detach().cpu() if torch.is_tensor(state) else state
+
+
+def _check_convergence(s: dict, cfg: OptimConfig, solver) -> None:
     """Mark (and, with early_stop, drop) the rows that have converged; decay stalled rows' lr (plateau).
 
     Converged: the best loss is below tol (the loss is >= 0, so no more than tol is left to gain), or both
@@ -328,6 +324,7 @@ def _check_convergence(s: dict, cfg: OptimConfig) -> None:
             s["decays"][alive[decay]] += 1
             if decay.any():  # go on from the best iterate: steps that overshoot it wander off, smaller ones may not
                 s["soft"][decay.to(s["soft"].device)] = s["best"][alive[decay]].to(s["soft"].device)
+                solver.restart(s["solver"], decay, s["soft"])
     s["converged"][alive[done]] = True
     if cfg.early_stop and done.any():
         _keep(s, ~done)
@@ -336,6 +333,6 @@ def _check_convergence(s: dict, cfg: OptimConfig) -> None:
 def _keep(s: dict, mask: torch.Tensor) -> None:
     """Keep only the compact rows where mask [B'] is True (the others leave the batch)."""
     dev_mask = mask.to(s["soft"].device)
-    for key in ("soft", "m", "v"):
-        s[key] = s[key].detach()[dev_mask].clone()
+    s["soft"] = s["soft"].detach()[dev_mask].clone()
+    s["solver"] = {k: v[dev_mask].clone() for k, v in s["solver"].items()}
     s["alive"] = s["alive"][mask]

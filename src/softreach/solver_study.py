@@ -18,6 +18,8 @@ SOLVERS = {
     "tangent Adam, plateau lr 0.2, 12 decays (default)": dict(),
     # each vector's step times its own RMS (Adafactor's relative step): lr a fraction of the vector's size
     "relative Adam, plateau lr 1, 12 decays": dict(step_rule="relative", lr=1.0),
+    # each problem its own history (10 pairs) and backtracking line search, tangent gradients (`--solver lbfgs`)
+    "L-BFGS, plateau lr 0.2, 12 decays": dict(solver="lbfgs"),
 }
 
 

@@ -23,7 +23,7 @@ class LadderSettings:
     """How each rung of the constraint ladder is run (defaults: a few minutes on SmolLM2, 4 targets, CPU)."""
 
     steps: int = 150
-    """Adam steps of every optimised rung (free, norm_bound, nearest_penalty, mixture, projected)."""
+    """Steps (forward+backward evaluations) of every optimised rung (free, norm_bound, nearest_penalty, mixture, projected)."""
     lr: float = 0.03
     """Peak lr of the free, norm_bound and nearest_penalty rungs (best of 0.01/0.03/0.1 on SmolLM2 L15)."""
     mixture_lr: float = 1.0
@@ -37,6 +37,9 @@ class LadderSettings:
     """Scale of the normal start, and of the mixture logits' start init_scale * N(0, 1)."""
     schedule: Literal["cosine", "constant"] = "cosine"
     """Learning-rate schedule of the optimised rungs (every rung runs all its steps: equal cost, no early stop)."""
+    solver: Literal["adam", "lbfgs"] = "adam"
+    """Solver of the optimised rungs: adam, or lbfgs (each problem its own history and line search; the lr then
+    sizes its first step, as Adam's)."""
     mse_weight: float = _ENGINE.mse_weight
     """Weight of the MSE term of the loss (every rung, GCG included); the engine's default."""
     skip_pos0: bool = _ENGINE.skip_pos0
@@ -104,12 +107,14 @@ class LadderSettings:
         return OptimConfig(steps=self.steps, lr=lr, init_scale=self.init_scale, mse_weight=self.mse_weight,
                            skip_pos0=self.skip_pos0, mse_norm=self.mse_norm, batch_size=self.batch_size,
                            memory_budget_mb=self.memory_budget_mb, schedule=self.schedule, prune_after=0,
-                           early_stop=False)
+                           early_stop=False, solver=self.solver)
 
-    def to_dict(self) -> dict:  # the default vocabulary is left out, so ladder folders made before it resume
+    def to_dict(self) -> dict:  # the default vocabulary and solver are left out, so ladder folders made before them resume
         out = as_dict(self)
         if self.vocab_percent == (100.0,):
             del out["vocab_percent"]
+        if self.solver == "adam":
+            del out["solver"]
         return out
 
 
