@@ -94,14 +94,16 @@ def test_fidelity_never_falls_as_the_budget_grows():
         warm, previous = res.soft_prompt, cos
 
 
-@pytest.mark.parametrize("step_rule,capped", [("tangent", False), ("relative", True)])
-def test_early_stopping_keeps_batched_equal_to_alone(step_rule, capped):
+# rtol: float noise between batch sizes grows a little more along L-BFGS's quasi-Newton steps than along Adam's
+@pytest.mark.parametrize("solver,step_rule,capped,rtol", [("adam", "tangent", False, 1e-3), ("adam", "relative", True, 1e-3),
+                                                         ("lbfgs", "tangent", False, 2e-3), ("lbfgs", "tangent", True, 2e-3)])
+def test_early_stopping_keeps_batched_equal_to_alone(solver, step_rule, capped, rtol):
     lm = random_model("gpt_neox")
     cap = mean_token_norm(lm) if capped else None
     target = _targets(lm, 4)
     init = initial_prompts([(i, 0) for i in range(4)], 6, lm.d_model, 1.0, seed=1)
     init[0] = 20 * target[0]  # a copy start: converges early, while the others keep going
-    cfg = OptimConfig(steps=300, lr=0.05, window=10, tol=1e-4, step_rule=step_rule)
+    cfg = OptimConfig(steps=300, lr=0.05, window=10, tol=1e-4, step_rule=step_rule, solver=solver)
     batched = optimise(lm, 2, target, init, cfg, max_norm=cap)
     if capped:
         assert bool((batched.soft_prompt.norm(dim=-1) <= cap * (1 + 1e-5)).all())
@@ -111,7 +113,8 @@ def test_early_stopping_keeps_batched_equal_to_alone(step_rule, capped):
         alone = optimise(lm, 2, target[i : i + 1], init[i : i + 1], cfg, max_norm=cap)
         assert int(alone.steps_run[0]) == int(steps[i])
         assert bool(alone.converged[0]) == bool(batched.converged[i])
-        torch.testing.assert_close(batched.soft_prompt[i], alone.soft_prompt[0], rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(batched.loss_curve[i], alone.loss_curve[0], rtol=1e-3, atol=1e-5, equal_nan=True)
+        torch.testing.assert_close(batched.soft_prompt[i], alone.soft_prompt[0], rtol=rtol, atol=1e-4)
 
 
 def test_resume_is_exact_with_early_stopping_and_budgets():
