@@ -7,6 +7,11 @@ from softreach.optimize import OptimConfig, initial_prompts, optimise
 from softreach.residual import residual_at
 
 
+class _LastState(MemoryCheckpoint):
+    def save(self, chunk, state):
+        self.state = state
+
+
 def _targets(lm, n, t=6, layer=2, seed=0):
     ids = torch.randint(2, 100, (n, t), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
@@ -82,6 +87,25 @@ def test_cosine_schedule_is_a_function_of_the_step():
     assert cfg.lr_at(0) == pytest.approx(0.1) and cfg.lr_at(10) == pytest.approx(0.01)
     assert cfg.lr_at(5) == pytest.approx(0.055)
     assert OptimConfig(steps=11, lr=0.1, schedule="constant").lr_at(7) == 0.1
+    both = OptimConfig(steps=11, lr=0.1, schedule="plateau_cosine", final_lr_frac=0.1)
+    assert [both.lr_at(k) for k in range(11)] == [cfg.lr_at(k) for k in range(11)]  # the envelope; halvings per row
+
+
+def test_plateau_cosine_halves_stalled_rows_under_the_cosine_envelope():
+    """A row that cannot gain (its start is its best) is halved and sent back to its best iterate, under the
+    cosine envelope as under the plateau schedule; plain cosine never halves."""
+    from softreach.random_models import random_model
+
+    lm = random_model("llama")
+    target = torch.randn(2, 6, lm.d_model, generator=torch.Generator().manual_seed(5)) * 3
+    init = initial_prompts([(i, 0) for i in range(2)], 6, lm.d_model, 1.0, seed=0)
+    kw = dict(steps=200, lr=0.05, window=10, tol=1e-4, mse_weight=0.01, early_stop=False)
+    lr_seen = {}
+    for schedule in ("plateau_cosine", "cosine"):
+        ckpt = _LastState(every=200)
+        optimise(lm, 2, target, init, OptimConfig(schedule=schedule, **kw), checkpoint=ckpt, max_norm=0.5)
+        lr_seen[schedule] = ckpt.state["lr_scale"]
+    assert (lr_seen["plateau_cosine"] < 1).any() and (lr_seen["cosine"] == 1).all(), lr_seen
 
 
 def test_bfloat16_compute_tracks_float32(tiny_lm):

@@ -79,9 +79,10 @@ class OptimConfig:
     """After this many steps only the best restart of each target goes on (0: all restarts run to the end)."""
     memory_budget_mb: Optional[float] = None
     """Memory a batched step may use, in MiB; the batch is split to fit. None: half of what is free."""
-    schedule: Literal["plateau", "constant", "cosine"] = "plateau"
-    """Learning-rate schedule: plateau (halved per problem when its loss stalls), constant, or cosine (from
-    lr down to lr * final_lr_frac over the steps)."""
+    schedule: Literal["plateau", "constant", "cosine", "plateau_cosine"] = "plateau"
+    """Learning-rate schedule: plateau (halved per problem when its loss stalls), constant, cosine (from
+    lr down to lr * final_lr_frac over the steps), or plateau_cosine (the plateau schedule's halvings under the
+    cosine envelope)."""
     final_lr_frac: float = 0.0
     """End of the cosine schedule, as a fraction of lr."""
     tol: float = 1e-3
@@ -142,7 +143,7 @@ class OptimConfig:
 
     def lr_at(self, step: int) -> float:
         """Base learning rate for step `step` (0-based); a pure function of the step, so resume is exact."""
-        if self.schedule != "cosine" or self.steps == 1:
+        if self.schedule not in ("cosine", "plateau_cosine") or self.steps == 1:
             return self.lr
         frac = step / (self.steps - 1)
         return self.lr * (self.final_lr_frac + (1 - self.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * frac)))

@@ -314,10 +314,11 @@ def _check_convergence(s: dict, cfg: OptimConfig, solver) -> None:
         curve = torch.nan_to_num(s["loss_curve"][alive, :step], nan=math.inf)
         plateau = curve[:, : step // 2].min(1).values - best < cfg.tol
         stationary = s["best_grad"][alive] < cfg.grad_tol * s["grad_curve"][alive, 0]
-        if cfg.schedule == "plateau":  # smaller steps from the best iterate were tried, and gained nothing either
+        halving = cfg.schedule in ("plateau", "plateau_cosine")
+        if halving:  # smaller steps from the best iterate were tried, and gained nothing either
             stationary &= s["decays"][alive] >= min(SETTLE_DECAYS, cfg.plateau_decays)
         done |= plateau & stationary
-        if cfg.schedule == "plateau":
+        if halving:
             stalled = curve[:, : step - w].min(1).values - best < cfg.tol / 100
             decay = stalled & ~done & (s["decays"][alive] < cfg.plateau_decays)
             s["lr_scale"][alive[decay]] *= 0.5
