@@ -78,6 +78,18 @@ def test_result_folder_contract_and_independent_check(tiny_model_dir, tmp_path, 
     assert capsys.readouterr().out.startswith(f"ok   {out}: 3/3 rows")
 
 
+def test_lbfgs_is_a_solver_choice_whose_folders_verify(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_tiny_args(tiny_model_dir, out, "--solver", "lbfgs", "--norm-budget", "1")) == 0
+    assert json.loads((out / "config.json").read_text())["optim"]["solver"] == "lbfgs"
+    capsys.readouterr()
+    assert main(["verify", str(out), "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith(f"ok   {out}: 3/3 rows")
+    code, lines = _run(_tiny_args(tiny_model_dir, tmp_path / "o2", "--solver", "lbfgs", "--step-rule", "relative"),
+                       capsys)
+    assert code == 2 and "--step-rule relative is Adam's" in lines[0] and not (tmp_path / "o2").exists()
+
+
 @pytest.mark.parametrize("content, message", [
     (bytes(range(256)) * 40, "is not a text file"),
     ("naïve café text ".encode("latin-1") * 200, "is not UTF-8 text"),
