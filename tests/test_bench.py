@@ -1,4 +1,5 @@
 """The benchmark's machinery (not its timings): rows, ratios and FLOP counts on a tiny model."""
+import pytest
 import torch
 
 from softreach.baseline import log_method_steps
@@ -84,3 +85,32 @@ def test_reference_values_take_the_better_run_per_target():
     table = reference_table(refs)
     assert table.count("\n| Exp ") == 5 and "| Exp 2b raw random |" in table
     assert [r["condition"] for r in refs["rows"]][-1] == "Exp 1 real"
+
+
+def test_reference_values_resume_the_conditions_an_earlier_sitting_finished(tmp_path):
+    """An interrupted reference run (its .partial file) resumes without redoing finished conditions; the result
+    equals an uninterrupted run's, and other settings are refused."""
+    from softreach.bench import _partial_reader, _partial_writer
+    from softreach.errors import UserError
+    from softreach.random_models import random_model
+    from softreach.solver_study import reference_values
+
+    lm = random_model("llama")
+    straight = reference_values(lm, 2, targets=2, steps=20, log=lambda _m: None)
+    out = str(tmp_path / "bench.json")
+    write = _partial_writer(out)
+
+    def stop_after_two(refs):
+        write(refs)
+        if len({r["condition"] for r in refs["rows"]}) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        reference_values(lm, 2, targets=2, steps=20, log=lambda _m: None, partial=stop_after_two)
+    messages = []
+    resumed = reference_values(lm, 2, targets=2, steps=20, log=messages.append, resume=_partial_reader(out))
+    assert sum("done in an earlier sitting" in m for m in messages) == 2
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+    assert strip(resumed["rows"]) == strip(straight["rows"])
+    with pytest.raises(UserError, match="other settings"):
+        reference_values(lm, 2, targets=2, steps=30, log=lambda _m: None, resume=_partial_reader(out))

@@ -8,6 +8,7 @@ baseline, achieved FLOP/s against the measured roof, and peak memory.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import time
@@ -16,6 +17,7 @@ from dataclasses import replace
 import torch
 
 from .baseline import log_method_steps
+from .errors import UserError
 from .models import LoadedModel
 from .optimize import OptimConfig, initial_prompts, optimise
 from .residual import decoder_blocks, residual_at
@@ -221,6 +223,16 @@ def _partial_writer(json_out: str | None):
     return lambda refs: atomic_write_text(f"{json_out}.partial", json.dumps({"references": refs}, indent=2) + "\n")
 
 
+def _partial_reader(json_out: str | None) -> dict | None:
+    """The reference values an interrupted run left beside json_out, to resume from; None when there are none."""
+    if not json_out or not os.path.isfile(f"{json_out}.partial"):
+        return None
+    try:
+        return json.loads(open(f"{json_out}.partial", encoding="utf-8").read())["references"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{json_out}.partial is unreadable; remove it to start the reference runs again") from None
+
+
 def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, steps: int = 10,
               baseline_steps: int = 5, batch_size: int = 64, json_out: str | None = None, log=print,
               convergence_targets: int = 0, convergence_steps: int = 600) -> dict:
@@ -250,7 +262,8 @@ def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, s
             from .solver_study import reference_values
 
             result["references"] = reference_values(lm, lm.default_layer(), max(convergence_targets, 1),
-                                                    convergence_steps, log=log, partial=_partial_writer(json_out))
+                                                    convergence_steps, log=log, partial=_partial_writer(json_out),
+                                                    resume=_partial_reader(json_out))
             del lm
             continue
         if name == "steer":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from .errors import UserError
 from .models import LoadedModel
 from .optimize import OptimConfig
 
@@ -84,20 +85,31 @@ REFERENCE_RUNS = {
 
 
 def reference_values(lm: LoadedModel, layer: int, targets: int, steps: int, seed: int = 0, log=print,
-                     partial=None) -> dict:
+                     partial=None, resume: dict | None = None) -> dict:
     """Reference fidelities at budget 1: per condition of solver_conditions and per target, the best cos without
     position 0 that REFERENCE_RUNS reach in up to `steps` evaluations each (the default stops when converged).
 
     The number each solver is measured against, as far as anyone here has pushed it; `converged` says whether
     the run that reached it passed the convergence test (else the reference is itself a lower bound).
-    `partial(result so far)` is called after each condition (long runs lose nothing when stopped).
+    `partial(result so far)` is called after each condition, and `resume` (such a result, made with the same layer,
+    targets, steps and seed) skips the conditions it finished: long runs can be spread over several sittings.
     """
     from .budget import absolute_cap
     from .condition import solve_condition
 
+    settings = {"layer": layer, "targets": targets, "max_steps": steps, "seed": seed}
     rows = []
+    if resume is not None:
+        if any(resume.get(k, 0 if k == "seed" else None) != v for k, v in settings.items()):
+            raise UserError("the reference values to resume were made with other settings (layer, targets, steps or "
+                            "seed); remove the .partial file or use the same settings")
+        rows = [r for r in resume["rows"]]
     conditions = solver_conditions(lm, layer, targets, seed)
     for cond in sorted(conditions, key=lambda c: c == "Exp 1 real"):  # the hard ones first; Exp 1 converges anyway
+        if sum(r["condition"] == cond for r in rows) == targets:
+            log(f"references: {cond}: done in an earlier sitting")
+            continue
+        rows = [r for r in rows if r["condition"] != cond]
         target, ablation = conditions[cond]
         runs = {}
         for name, kw in REFERENCE_RUNS.items():
@@ -116,8 +128,8 @@ def reference_values(lm: LoadedModel, layer: int, targets: int, steps: int, seed
         log(f"references: {cond}: " + ", ".join(f"{r['reference']:.4f} ({r['verdict']})" for r in rows
                                                  if r["condition"] == cond))
         if partial:
-            partial({"layer": layer, "targets": targets, "max_steps": steps, "rows": rows})
-    return {"layer": layer, "targets": targets, "max_steps": steps, "rows": rows}
+            partial({**settings, "rows": rows})
+    return {**settings, "rows": rows}
 
 
 def reference_table(refs: dict) -> str:
