@@ -12,6 +12,15 @@ from softreach.random_models import ARCHS, random_model, save_random_model  # no
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def token_targets(lm, n, t=6, layer=2, seed=0):
+    """Layer-`layer` residuals [n, t, d] of random token windows: targets that real tokens reach."""
+    from softreach.residual import residual_at
+
+    ids = torch.randint(2, 100, (n, t), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return residual_at(lm.model, layer, input_ids=ids)
+
+
 @pytest.fixture(params=ARCHS)
 def tiny_lm(request):
     """A tiny random model of each family: GPT-NeoX (parallel residual), Llama, GPT-2."""

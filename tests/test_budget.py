@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import MemoryCheckpoint
+from conftest import MemoryCheckpoint, token_targets
 
 from softreach.budget import absolute_cap, clip_norms, mean_token_norm, parse_budgets
 from softreach.condition import objective, solve_condition
@@ -25,12 +25,6 @@ from softreach.solvers.adam import Adam
 from softreach.residual import residual_at
 
 
-def _targets(lm, n, t=6, layer=2, seed=0):
-    ids = torch.randint(2, 100, (n, t), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return residual_at(lm.model, layer, input_ids=ids)
-
-
 def test_budgets_parse_sorted_with_free_last():
     assert parse_budgets(["inf", "1", "0.5,1"]) == (0.5, 1.0, math.inf)
     for bad in (["0"], ["-1"], ["x"], ["nan"]):
@@ -40,7 +34,7 @@ def test_budgets_parse_sorted_with_free_last():
 
 def test_copy_baseline_equals_a_hand_computation():
     lm = random_model("llama")
-    target = _targets(lm, 3)
+    target = token_targets(lm, 3)
     cap = 1.5 * mean_token_norm(lm)
     got = copy_baseline(lm, 2, target, cap, skip_pos0=False)
     best = torch.full((3,), -2.0)
@@ -70,7 +64,7 @@ class _Recorder(ChunkCheckpoint):
 
 def test_budget_is_never_exceeded_at_any_step():
     lm = random_model("gpt_neox")
-    target = _targets(lm, 3)
+    target = token_targets(lm, 3)
     init = initial_prompts([(i, 0) for i in range(3)], 6, lm.d_model, 3.0, seed=0)
     rec = _Recorder()
     res = optimise(lm, 2, target, init, OptimConfig(steps=30, lr=0.3, early_stop=False), checkpoint=rec,
@@ -82,7 +76,7 @@ def test_budget_is_never_exceeded_at_any_step():
 
 def test_fidelity_never_falls_as_the_budget_grows():
     lm = random_model("llama")
-    target = _targets(lm, 4)
+    target = token_targets(lm, 4)
     optim = OptimConfig(steps=60, lr=0.05)
     warm, previous = None, None
     for budget in (0.25, 0.5, 1.0, 4.0, math.inf):
@@ -100,7 +94,7 @@ def test_fidelity_never_falls_as_the_budget_grows():
 def test_early_stopping_keeps_batched_equal_to_alone(solver, step_rule, capped, rtol):
     lm = random_model("gpt_neox")
     cap = mean_token_norm(lm) if capped else None
-    target = _targets(lm, 4)
+    target = token_targets(lm, 4)
     init = initial_prompts([(i, 0) for i in range(4)], 6, lm.d_model, 1.0, seed=1)
     init[0] = 20 * target[0]  # a copy start: converges early, while the others keep going
     cfg = OptimConfig(steps=300, lr=0.05, window=10, tol=1e-4, step_rule=step_rule, solver=solver)
@@ -119,7 +113,7 @@ def test_early_stopping_keeps_batched_equal_to_alone(solver, step_rule, capped, 
 
 def test_resume_is_exact_with_early_stopping_and_budgets():
     lm = random_model("gpt2")
-    target = _targets(lm, 4).repeat_interleave(2, 0)
+    target = token_targets(lm, 4).repeat_interleave(2, 0)
     init = initial_prompts([(i, r) for i in range(4) for r in range(2)], 6, lm.d_model, 1.0, seed=0)
     cfg = OptimConfig(steps=120, lr=0.05, window=10, prune_after=15, tol=1e-5)
     straight = optimise(lm, 2, target, init, cfg, group=2, max_norm=1.0)
@@ -136,7 +130,7 @@ def test_resume_is_exact_with_early_stopping_and_budgets():
 
 def test_verdicts_converged_and_cut_short():
     lm = random_model("llama")
-    target = _targets(lm, 2)
+    target = token_targets(lm, 2)
     long = solve_condition(lm, 2, target, 1, OptimConfig(steps=2000, lr=0.05, window=20), seed=0, floor_draws=0)
     assert all(p["verdict"] == "converged" and p["steps_run"] < 2000 for p in long.problems)
     short = solve_condition(lm, 2, target, 1, OptimConfig(steps=8, lr=0.05, start="random", window=20),

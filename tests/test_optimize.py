@@ -1,10 +1,9 @@
 import pytest
-from conftest import MemoryCheckpoint
+from conftest import MemoryCheckpoint, token_targets
 import torch
 
 from softreach.errors import UserError
 from softreach.optimize import OptimConfig, initial_prompts, optimise
-from softreach.residual import residual_at
 
 
 class _LastState(MemoryCheckpoint):
@@ -12,15 +11,9 @@ class _LastState(MemoryCheckpoint):
         self.state = state
 
 
-def _targets(lm, n, t=6, layer=2, seed=0):
-    ids = torch.randint(2, 100, (n, t), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return residual_at(lm.model, layer, input_ids=ids)
-
-
 def test_batched_trajectories_equal_one_at_a_time(tiny_lm):
     cfg = OptimConfig(steps=25, lr=0.05)
-    target = _targets(tiny_lm, 4)
+    target = token_targets(tiny_lm, 4)
     init = initial_prompts([(i, 0) for i in range(4)], 6, tiny_lm.d_model, 1.0, seed=3)
     batched = optimise(tiny_lm, 2, target, init, cfg)
     for i in range(4):
@@ -30,7 +23,7 @@ def test_batched_trajectories_equal_one_at_a_time(tiny_lm):
 
 
 def test_splitting_the_batch_gives_the_same_result(tiny_lm):
-    target = _targets(tiny_lm, 5)
+    target = token_targets(tiny_lm, 5)
     init = initial_prompts([(i, 0) for i in range(5)], 6, tiny_lm.d_model, 1.0, seed=0)
     whole = optimise(tiny_lm, 2, target, init, OptimConfig(steps=15, batch_size=64))
     split = optimise(tiny_lm, 2, target, init, OptimConfig(steps=15, batch_size=2))
@@ -39,7 +32,7 @@ def test_splitting_the_batch_gives_the_same_result(tiny_lm):
 
 
 def test_optimisation_improves_the_match(tiny_lm):
-    target = _targets(tiny_lm, 3)
+    target = token_targets(tiny_lm, 3)
     init = initial_prompts([(i, 0) for i in range(3)], 6, tiny_lm.d_model, 1.0, seed=0)
     res = optimise(tiny_lm, 2, target, init, OptimConfig(steps=150, lr=0.05))
     best = torch.nan_to_num(res.cos_curve, nan=-2.0).max(1).values  # problems may stop early
@@ -57,7 +50,7 @@ def test_initial_prompts_do_not_depend_on_the_batch():
 
 def test_resumed_chunk_equals_uninterrupted(tiny_lm):
     cfg = OptimConfig(steps=20, lr=0.05)
-    target = _targets(tiny_lm, 3)
+    target = token_targets(tiny_lm, 3)
     init = initial_prompts([(i, 0) for i in range(3)], 6, tiny_lm.d_model, 1.0, seed=0)
     straight = optimise(tiny_lm, 2, target, init, cfg)
     ckpt = MemoryCheckpoint(every=5, stop_after=10)
@@ -70,7 +63,7 @@ def test_resumed_chunk_equals_uninterrupted(tiny_lm):
 
 
 def test_non_finite_targets_are_refused(tiny_lm):
-    target = _targets(tiny_lm, 2)
+    target = token_targets(tiny_lm, 2)
     target[0, 1, 3] = float("nan")
     with pytest.raises(UserError, match="non-finite"):
         optimise(tiny_lm, 2, target, torch.zeros_like(target), OptimConfig(steps=2))
@@ -109,7 +102,7 @@ def test_plateau_cosine_halves_stalled_rows_under_the_cosine_envelope():
 
 
 def test_bfloat16_compute_tracks_float32(tiny_lm):
-    target = _targets(tiny_lm, 4)
+    target = token_targets(tiny_lm, 4)
     init = initial_prompts([(i, 0) for i in range(4)], 6, tiny_lm.d_model, 1.0, seed=0)
     f32 = optimise(tiny_lm, 2, target, init, OptimConfig(steps=100, lr=0.05, early_stop=False))
     bf16 = optimise(tiny_lm, 2, target, init, OptimConfig(steps=100, lr=0.05, dtype="bfloat16", early_stop=False))
@@ -121,7 +114,7 @@ def test_bfloat16_compute_tracks_float32(tiny_lm):
 def test_a_memory_budget_smaller_than_the_batch_gives_the_same_results(tiny_lm):
     from softreach.memory import batch_for_budget, problem_bytes
 
-    target = _targets(tiny_lm, 6)
+    target = token_targets(tiny_lm, 6)
     init = initial_prompts([(i, 0) for i in range(6)], 6, tiny_lm.d_model, 1.0, seed=0)
     per_problem = problem_bytes(tiny_lm, 2, 6)
     budget_mb = 2.5 * per_problem / 2**20  # room for two problems at a time
@@ -135,7 +128,7 @@ def test_a_memory_budget_smaller_than_the_batch_gives_the_same_results(tiny_lm):
 
 
 def test_pruned_restarts_leave_the_best_on_its_own_trajectory(tiny_lm):
-    target = _targets(tiny_lm, 2).repeat_interleave(3, dim=0)  # 2 targets x 3 restarts
+    target = token_targets(tiny_lm, 2).repeat_interleave(3, dim=0)  # 2 targets x 3 restarts
     init = initial_prompts([(i, r) for i in range(2) for r in range(3)], 6, tiny_lm.d_model, 1.0, seed=0)
     full = optimise(tiny_lm, 2, target, init, OptimConfig(steps=20, lr=0.05), group=3)
     pruned = optimise(tiny_lm, 2, target, init, OptimConfig(steps=20, lr=0.05, prune_after=6), group=3)
@@ -150,7 +143,7 @@ def test_pruned_restarts_leave_the_best_on_its_own_trajectory(tiny_lm):
 
 def test_resume_across_the_pruning_step_is_exact(tiny_lm):
     cfg = OptimConfig(steps=20, lr=0.05, prune_after=7)
-    target = _targets(tiny_lm, 2).repeat_interleave(2, dim=0)
+    target = token_targets(tiny_lm, 2).repeat_interleave(2, dim=0)
     init = initial_prompts([(i, r) for i in range(2) for r in range(2)], 6, tiny_lm.d_model, 1.0, seed=0)
     straight = optimise(tiny_lm, 2, target, init, cfg, group=2)
     for stop in (5, 10):  # before and after the pruning step

@@ -2,21 +2,14 @@
 uninterrupted; batched == alone with early stopping and the norm cap: test_budget.py)."""
 import pytest
 import torch
-from conftest import MemoryCheckpoint
+from conftest import MemoryCheckpoint, token_targets
 
 from softreach.budget import mean_token_norm
 from softreach.errors import UserError
 from softreach.optimize import OptimConfig, initial_prompts, optimise
 from softreach.random_models import random_model
-from softreach.residual import residual_at
 from softreach.solvers.adam import Adam
 from softreach.solvers.lbfgs import LBFGS
-
-
-def _targets(lm, n, t=6, layer=2, seed=0):
-    ids = torch.randint(2, 100, (n, t), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        return residual_at(lm.model, layer, input_ids=ids)
 
 
 def _quadratic(b=3, n=6, seed=0):
@@ -57,8 +50,7 @@ def test_lbfgs_solves_a_quadratic_where_adam_does_not_in_the_same_evaluations():
 def test_lbfgs_rows_do_not_see_each_other():
     f_and_grad, c = _quadratic(b=4)
     x0 = torch.randn(c.shape, generator=torch.Generator().manual_seed(1))
-    solver, state = LBFGS(), None
-    batched = _run(solver, f_and_grad, x0, 15, lr=0.3)
+    batched = _run(LBFGS(), f_and_grad, x0, 15, lr=0.3)
     for i in range(4):
         def one(x, i=i):
             full = x0.clone()
@@ -72,7 +64,7 @@ def test_lbfgs_rows_do_not_see_each_other():
 
 def test_lbfgs_in_the_engine_improves_the_match_as_adam_does():
     lm = random_model("gpt2")
-    target = _targets(lm, 3)
+    target = token_targets(lm, 3)
     init = initial_prompts([(i, 0) for i in range(3)], 6, lm.d_model, 1.0, seed=0)
     best = {}
     for solver in ("adam", "lbfgs"):
@@ -124,7 +116,7 @@ def test_lbfgs_restart_forgets_the_history_of_that_row_only():
 
 def test_an_adam_checkpoint_from_before_the_solver_modules_resumes():
     lm = random_model("gpt2")
-    target = _targets(lm, 2)
+    target = token_targets(lm, 2)
     init = initial_prompts([(i, 0) for i in range(2)], 6, lm.d_model, 1.0, seed=0)
     cfg = OptimConfig(steps=20, lr=0.05)
     straight = optimise(lm, 2, target, init, cfg)

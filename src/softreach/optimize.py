@@ -237,7 +237,7 @@ def _optimise_chunk(lm, layer, targets, init, cfg: OptimConfig, ablation, progre
         if cfg.step_rule != "projected":  # Adam on the feasible gradient: its fixed points are stationary points
             grad = feasible
         with torch.no_grad():
-            soft = solver.step(s["solver"], soft, loss.to(dev), grad, step, cfg.lr_at(step) * s["lr_scale"][alive])
+            soft = solver.step(s["solver"], soft, loss, grad, step, cfg.lr_at(step) * s["lr_scale"][alive])
             param.after_step(soft)
             s["soft"] = clip_norms(soft, None if caps is None else caps[alive])
         s["step"] = step + 1

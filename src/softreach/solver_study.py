@@ -103,7 +103,7 @@ def reference_values(lm: LoadedModel, layer: int, targets: int, steps: int, seed
         if any(resume.get(k, 0 if k == "seed" else None) != v for k, v in settings.items()):
             raise UserError("the reference values to resume were made with other settings (layer, targets, steps or "
                             "seed); remove the .partial file or use the same settings")
-        rows = [r for r in resume["rows"]]
+        rows = list(resume["rows"])
     conditions = solver_conditions(lm, layer, targets, seed)
     for cond in sorted(conditions, key=lambda c: c == "Exp 1 real"):  # the hard ones first; Exp 1 converges anyway
         if sum(r["condition"] == cond for r in rows) == targets:

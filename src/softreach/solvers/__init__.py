@@ -27,7 +27,7 @@ class Solver(Protocol):
     def step(self, state: dict, x: torch.Tensor, loss: torch.Tensor, grad: torch.Tensor, step: int,
              lr: torch.Tensor) -> torch.Tensor:
         """The next point to evaluate [B', T, ...] (the engine then applies the parameter's projection and
-        clips to the norm cap), from the point x just evaluated, its loss [B'] (on x's device) and gradient
+        clips to the norm cap), from the point x just evaluated, its loss [B'] (on the CPU) and gradient
         (the feasible one, except with step_rule projected); lr [B'] is the schedule's learning rate per row."""
 
     def restart(self, state: dict, rows: torch.Tensor, x: torch.Tensor) -> None:
