@@ -114,3 +114,67 @@ def test_reference_values_resume_the_conditions_an_earlier_sitting_finished(tmp_
     assert strip(resumed["rows"]) == strip(straight["rows"])
     with pytest.raises(UserError, match="other settings"):
         reference_values(lm, 2, targets=2, steps=30, log=lambda _m: None, resume=_partial_reader(out))
+
+
+def test_reference_values_run_a_chosen_part_and_files_merge(tmp_path):
+    """One run kind on a subset of conditions (a part per process); the parts' files read back as one result, and the
+    solver comparison measures against them where they are higher than any solver's value."""
+    import json
+
+    from softreach.errors import UserError
+    from softreach.random_models import random_model
+    from softreach.solver_study import (RUN_KEYS, SOLVERS, read_references, reference_table, reference_values,
+                                        solver_comparison, solver_table)
+
+    lm = random_model("llama")
+    part_a = reference_values(lm, 2, targets=2, steps=20, log=lambda _m: None, runs=("cosine",), conditions=("exp2b",))
+    part_b = reference_values(lm, 2, targets=2, steps=20, log=lambda _m: None, runs=("cosine",), conditions=("exp1",))
+    assert {r["condition"] for r in part_a["rows"]} == {"Exp 2b raw random"} and len(part_a["rows"]) == 2
+    assert all(set(r["by_run"]) == {RUN_KEYS["cosine"]} for r in part_a["rows"])
+    assert "the best of 1 run(s)" in reference_table(part_a)
+    with pytest.raises(UserError, match="other settings"):  # a resume with other runs would mix two references
+        reference_values(lm, 2, targets=2, steps=20, log=lambda _m: None, resume=part_a)
+    with pytest.raises(UserError, match="unknown"):
+        reference_values(lm, 2, targets=2, steps=20, log=lambda _m: None, conditions=("exp9",))
+
+    # the parts as files, one with a reference no solver can come within 0.005 of (the tiny model's are easy)
+    part_a["rows"][1]["reference"] = 1.01
+    files = []
+    for name, part in (("a.json", part_a), ("b.json.partial", part_b)):
+        files.append(str(tmp_path / name))
+        open(files[-1], "w").write(json.dumps({"references": part}))
+    merged = read_references(files)
+    assert [(r["condition"], r["target"]) for r in merged["rows"]] == [
+        ("Exp 2b raw random", 0), ("Exp 2b raw random", 1), ("Exp 1 real", 0), ("Exp 1 real", 1)]
+    comp = solver_comparison(lm, 2, targets=2, steps=20, log=lambda _m: None, conditions=("exp2b", "exp5a"),
+                             references=merged)
+    assert {r["condition"] for r in comp["rows"]} == {"Exp 2b raw random", "Exp 5A raw corruption 0.5"}
+    for r in comp["rows"]:
+        if r["condition"] == "Exp 2b raw random":
+            assert r["steps_to_reference"][1] == -1
+            assert r["reference"] >= part_a["rows"][0]["reference"] - 1e-9
+    assert sum(r["condition"] == "Exp 5A raw corruption 0.5" for r in comp["rows"]) == len(SOLVERS)
+    assert "the best of long runs of up to 20 evaluations" in solver_table(comp)
+
+    other = dict(part_b, targets=3)
+    open(tmp_path / "c.json", "w").write(json.dumps({"references": other}))
+    with pytest.raises(UserError, match="different"):
+        read_references([files[0], str(tmp_path / "c.json")])
+    with pytest.raises(UserError, match="another layer"):
+        solver_comparison(lm, 1, targets=2, steps=5, log=lambda _m: None, conditions=("exp1",), references=merged)
+    open(tmp_path / "bad.json", "w").write("{}")
+    with pytest.raises(UserError, match="holds no reference values"):
+        read_references([str(tmp_path / "bad.json")])
+    with pytest.raises(UserError, match="cannot read"):
+        read_references([str(tmp_path / "missing.json")])
+
+
+def test_bench_config_refuses_unknown_study_parts():
+    from softreach.config import BenchConfig
+    from softreach.errors import UserError
+
+    assert BenchConfig(reference_runs="cosine", study_conditions="exp2b, exp1").study_conditions == ("exp2b", "exp1")
+    with pytest.raises(UserError, match="--reference-runs: unknown lbfgs"):
+        BenchConfig(reference_runs="lbfgs")
+    with pytest.raises(UserError, match="--study-conditions: unknown"):
+        BenchConfig(study_conditions=())

@@ -235,10 +235,15 @@ def _partial_reader(json_out: str | None) -> dict | None:
 
 def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, steps: int = 10,
               baseline_steps: int = 5, batch_size: int = 64, json_out: str | None = None, log=print,
-              convergence_targets: int = 0, convergence_steps: int = 600) -> dict:
+              convergence_targets: int = 0, convergence_steps: int = 600, reference_runs: tuple = ("plateau", "cosine"),
+              study_conditions: tuple = ("exp1", "exp2a", "exp2b", "exp4_no_mlp", "exp5a"),
+              references: tuple = ()) -> dict:
     from .models import load_model, pick_device
     from .random_models import pythia_160m_shape, random_model
 
+    from .solver_study import read_references
+
+    long_runs = read_references(references)  # read first: a bad file is refused before any work
     dev = pick_device(device)
     log("measuring the matmul roof ...")
     from .random_models import random_model as _tiny
@@ -263,7 +268,8 @@ def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, s
 
             result["references"] = reference_values(lm, lm.default_layer(), max(convergence_targets, 1),
                                                     convergence_steps, log=log, partial=_partial_writer(json_out),
-                                                    resume=_partial_reader(json_out))
+                                                    resume=_partial_reader(json_out), runs=reference_runs,
+                                                    conditions=study_conditions)
             del lm
             continue
         if name == "steer":
@@ -282,7 +288,9 @@ def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, s
         if name == "smollm2" and convergence_targets:
             from .solver_study import solver_comparison
 
-            result["solvers"] = solver_comparison(lm, layer, convergence_targets, convergence_steps, log=log)
+            result["solvers"] = solver_comparison(lm, layer, convergence_targets, convergence_steps, log=log,
+                                                  conditions=study_conditions,
+                                                  references=long_runs)
         del lm
     if json_out:
         from .results.folder import atomic_write_text

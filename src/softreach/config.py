@@ -284,15 +284,32 @@ class BenchConfig:
     budget 1: evaluations to the best fidelity found (0: skip; slow)."""
     convergence_steps: int = 600
     """Most steps per solver in that comparison."""
+    reference_runs: tuple = ("plateau", "cosine")
+    """Comma-separated: which long runs the references workload takes the best of, plateau (the default solver
+    from the copy start) and cosine (Adam from a random start, cosine schedule over the whole run)."""
+    study_conditions: tuple = ("exp1", "exp2a", "exp2b", "exp4_no_mlp", "exp5a")
+    """Comma-separated: the conditions the solver comparison and the references workload run (e.g. a part per
+    process, each with its own --json)."""
+    references: tuple = ()
+    """JSON files written by `--workloads references --json` (or their .partial files): the solver comparison
+    measures each solver against these reference values (else against the best any solver reached)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to compute."""
     json: Optional[str] = None
     """Also write the figures as JSON here."""
 
     def __post_init__(self):
-        if isinstance(self.workloads, str):
-            self.workloads = [w.strip() for w in self.workloads.split(",") if w.strip()]
-        self.workloads = tuple(self.workloads)
+        for name in ("workloads", "reference_runs", "study_conditions", "references"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                value = [w.strip() for w in value.split(",") if w.strip()]
+            setattr(self, name, tuple(value))
+        from .solver_study import CONDITION_KEYS, RUN_KEYS
+
+        for name, keys in (("reference_runs", RUN_KEYS), ("study_conditions", CONDITION_KEYS)):
+            bad = [k for k in getattr(self, name) if k not in keys] or ([] if getattr(self, name) else ["(none)"])
+            if bad:
+                raise UserError(f"--{name.replace('_', '-')}: unknown {', '.join(bad)}; choose from {', '.join(keys)}")
         for w in self.workloads:
             if w not in ("pythia", "smollm2", "steer", "references", "nanogcg"):
                 raise UserError(f"unknown workload {w!r}: choose from pythia, smollm2, steer, references, nanogcg")

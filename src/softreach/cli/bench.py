@@ -21,7 +21,9 @@ def main(a) -> int:
 
     result = run_bench(list(cfg.workloads), cfg.device, cfg.problems, cfg.steps, cfg.baseline_steps, cfg.batch_size,
                        cfg.json, log=lambda m: print(m, file=sys.stderr, flush=True),
-                       convergence_targets=cfg.convergence_targets, convergence_steps=cfg.convergence_steps)
+                       convergence_targets=cfg.convergence_targets, convergence_steps=cfg.convergence_steps,
+                       reference_runs=cfg.reference_runs, study_conditions=cfg.study_conditions,
+                       references=cfg.references)
     print(format_table(result))
     if cfg.json:
         print(f"written {cfg.json}")
