@@ -173,6 +173,10 @@ def test_bench_config_refuses_unknown_study_parts():
     from softreach.config import BenchConfig
     from softreach.errors import UserError
 
+    from softreach.solver_study import CONDITION_KEYS, REFERENCE_RUNS, RUN_KEYS
+
+    assert set(RUN_KEYS.values()) == set(REFERENCE_RUNS)  # the command-line names cover the study's runs
+    assert "Exp 5A raw corruption 0.5" in CONDITION_KEYS.values()
     assert BenchConfig(reference_runs="cosine", study_conditions="exp2b, exp1").study_conditions == ("exp2b", "exp1")
     with pytest.raises(UserError, match="--reference-runs: unknown lbfgs"):
         BenchConfig(reference_runs="lbfgs")

@@ -262,6 +262,13 @@ def vocab_percents(values, flag: str = "vocab-percent") -> tuple[float, ...]:
     return out
 
 
+STUDY_CONDITION_KEYS = {"exp1": "Exp 1 real", "exp2a": "Exp 2a distribution-matched", "exp2b": "Exp 2b raw random",
+                        "exp4_no_mlp": "Exp 4 no MLP", "exp5a": "Exp 5A raw corruption 0.5"}
+"""The budget-1 solver study's conditions (solver_study.solver_conditions) by their command-line names."""
+STUDY_RUN_KEYS = {"plateau": "tangent Adam, copy start, plateau lr 0.2", "cosine": "Adam, random start, cosine lr 0.1"}
+"""The study's long reference runs (solver_study.REFERENCE_RUNS) by their command-line names."""
+
+
 @dataclass
 class BenchConfig:
     """The benchmark: the engine against the log's method, on this machine."""
@@ -304,9 +311,7 @@ class BenchConfig:
             if isinstance(value, str):
                 value = [w.strip() for w in value.split(",") if w.strip()]
             setattr(self, name, tuple(value))
-        from .solver_study import CONDITION_KEYS, RUN_KEYS
-
-        for name, keys in (("reference_runs", RUN_KEYS), ("study_conditions", CONDITION_KEYS)):
+        for name, keys in (("reference_runs", STUDY_RUN_KEYS), ("study_conditions", STUDY_CONDITION_KEYS)):
             bad = [k for k in getattr(self, name) if k not in keys] or ([] if getattr(self, name) else ["(none)"])
             if bad:
                 raise UserError(f"--{name.replace('_', '-')}: unknown {', '.join(bad)}; choose from {', '.join(keys)}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from .config import STUDY_CONDITION_KEYS as CONDITION_KEYS, STUDY_RUN_KEYS as RUN_KEYS
 from .errors import UserError
 from .models import LoadedModel
 from .optimize import OptimConfig
@@ -26,9 +27,6 @@ SOLVERS = {
     "L-BFGS, plateau lr 0.2, 12 decays": dict(solver="lbfgs"),
 }
 
-CONDITION_KEYS = {"exp1": "Exp 1 real", "exp2a": "Exp 2a distribution-matched", "exp2b": "Exp 2b raw random",
-                  "exp4_no_mlp": "Exp 4 no MLP", "exp5a": "Exp 5A raw corruption 0.5"}
-"""Short names of solver_conditions for the command line (`--study-conditions`)."""
 
 
 def solver_conditions(lm: LoadedModel, layer: int, targets: int, seed: int = 0) -> dict:
@@ -107,8 +105,6 @@ REFERENCE_RUNS = {
     "Adam, random start, cosine lr 0.1": dict(start="random", schedule="cosine", lr=0.1, early_stop=False,
                                               prune_after=0),
 }
-RUN_KEYS = {"plateau": "tangent Adam, copy start, plateau lr 0.2", "cosine": "Adam, random start, cosine lr 0.1"}
-"""Short names of REFERENCE_RUNS for the command line (`--reference-runs`)."""
 
 
 def reference_values(lm: LoadedModel, layer: int, targets: int, steps: int, seed: int = 0, log=print,
