@@ -17,6 +17,7 @@ from dataclasses import replace
 import torch
 
 from .baseline import log_method_steps
+from .config import STUDY_CONDITION_KEYS, STUDY_RUN_KEYS
 from .errors import UserError
 from .models import LoadedModel
 from .optimize import OptimConfig, initial_prompts, optimise
@@ -235,12 +236,11 @@ def _partial_reader(json_out: str | None) -> dict | None:
 
 def run_bench(workloads: list[str], device: str = "auto", problems: int = 150, steps: int = 10,
               baseline_steps: int = 5, batch_size: int = 64, json_out: str | None = None, log=print,
-              convergence_targets: int = 0, convergence_steps: int = 600, reference_runs: tuple = ("plateau", "cosine"),
-              study_conditions: tuple = ("exp1", "exp2a", "exp2b", "exp4_no_mlp", "exp5a"),
+              convergence_targets: int = 0, convergence_steps: int = 600,
+              reference_runs: tuple = tuple(STUDY_RUN_KEYS), study_conditions: tuple = tuple(STUDY_CONDITION_KEYS),
               references: tuple = ()) -> dict:
     from .models import load_model, pick_device
     from .random_models import pythia_160m_shape, random_model
-
     from .solver_study import read_references
 
     long_runs = read_references(references)  # read first: a bad file is refused before any work

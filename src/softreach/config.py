@@ -269,6 +269,15 @@ STUDY_RUN_KEYS = {"plateau": "tangent Adam, copy start, plateau lr 0.2", "cosine
 """The study's long reference runs (solver_study.REFERENCE_RUNS) by their command-line names."""
 
 
+def check_study_parts(reference_runs, study_conditions) -> None:
+    """Refuse an unknown or empty choice of reference runs or study conditions, naming the flag."""
+    for flag, chosen, keys in (("reference-runs", reference_runs, STUDY_RUN_KEYS),
+                               ("study-conditions", study_conditions, STUDY_CONDITION_KEYS)):
+        bad = [k for k in chosen if k not in keys] or ([] if chosen else ["(none)"])
+        if bad:
+            raise UserError(f"--{flag}: unknown {', '.join(bad)}; choose from {', '.join(keys)}")
+
+
 @dataclass
 class BenchConfig:
     """The benchmark: the engine against the log's method, on this machine."""
@@ -291,10 +300,10 @@ class BenchConfig:
     budget 1: evaluations to the best fidelity found (0: skip; slow)."""
     convergence_steps: int = 600
     """Most steps per solver in that comparison."""
-    reference_runs: tuple = ("plateau", "cosine")
+    reference_runs: tuple = tuple(STUDY_RUN_KEYS)
     """Comma-separated: which long runs the references workload takes the best of, plateau (the default solver
     from the copy start) and cosine (Adam from a random start, cosine schedule over the whole run)."""
-    study_conditions: tuple = ("exp1", "exp2a", "exp2b", "exp4_no_mlp", "exp5a")
+    study_conditions: tuple = tuple(STUDY_CONDITION_KEYS)
     """Comma-separated: the conditions the solver comparison and the references workload run (e.g. a part per
     process, each with its own --json)."""
     references: tuple = ()
@@ -311,10 +320,7 @@ class BenchConfig:
             if isinstance(value, str):
                 value = [w.strip() for w in value.split(",") if w.strip()]
             setattr(self, name, tuple(value))
-        for name, keys in (("reference_runs", STUDY_RUN_KEYS), ("study_conditions", STUDY_CONDITION_KEYS)):
-            bad = [k for k in getattr(self, name) if k not in keys] or ([] if getattr(self, name) else ["(none)"])
-            if bad:
-                raise UserError(f"--{name.replace('_', '-')}: unknown {', '.join(bad)}; choose from {', '.join(keys)}")
+        check_study_parts(self.reference_runs, self.study_conditions)
         for w in self.workloads:
             if w not in ("pythia", "smollm2", "steer", "references", "nanogcg"):
                 raise UserError(f"unknown workload {w!r}: choose from pythia, smollm2, steer, references, nanogcg")

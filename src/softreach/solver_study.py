@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import STUDY_CONDITION_KEYS as CONDITION_KEYS, STUDY_RUN_KEYS as RUN_KEYS
+from .config import STUDY_CONDITION_KEYS as CONDITION_KEYS, STUDY_RUN_KEYS as RUN_KEYS, check_study_parts
 from .errors import UserError
 from .models import LoadedModel
 from .optimize import OptimConfig
@@ -26,7 +26,6 @@ SOLVERS = {
     # each problem its own history (10 pairs) and backtracking line search, tangent gradients (`--solver lbfgs`)
     "L-BFGS, plateau lr 0.2, 12 decays": dict(solver="lbfgs"),
 }
-
 
 
 def solver_conditions(lm: LoadedModel, layer: int, targets: int, seed: int = 0) -> dict:
@@ -58,6 +57,7 @@ def solver_comparison(lm: LoadedModel, layer: int, targets: int, steps: int, see
     from .budget import absolute_cap
     from .condition import solve_condition
 
+    check_study_parts(tuple(RUN_KEYS), conditions)
     long_runs = {}
     if references is not None:
         if any(references.get(k, 0 if k == "seed" else None) != v
@@ -86,7 +86,6 @@ def solver_comparison(lm: LoadedModel, layer: int, targets: int, steps: int, see
             reached = best_so_far >= (reference - 5e-3).unsqueeze(1)  # [N, S]
             first = torch.where(reached.any(1), reached.float().argmax(1) + 1, torch.full((targets,), -1))
             rows.append({"condition": cond, "budget": "1", "solver": name, "reference": float(reference.quantile(0.5)),
-                         "reference_from_long_runs": bool((from_long_runs >= reference).all()),
                          "median_cos_no_pos0": res.summary["cos_no_pos0"]["median"],
                          "copy_cos_no_pos0": res.summary["copy_cos_no_pos0"]["median"],
                          "steps_to_reference": [int(x) for x in first],
@@ -101,9 +100,8 @@ def solver_comparison(lm: LoadedModel, layer: int, targets: int, steps: int, see
 REFERENCE_RUNS = {
     # two long runs per problem: the default from the copy start, and the old default from a random start with a
     # cosine schedule over the whole run (at 600 evaluations it was the best on Exp 2b and 5A)
-    "tangent Adam, copy start, plateau lr 0.2": dict(),
-    "Adam, random start, cosine lr 0.1": dict(start="random", schedule="cosine", lr=0.1, early_stop=False,
-                                              prune_after=0),
+    RUN_KEYS["plateau"]: dict(),
+    RUN_KEYS["cosine"]: dict(start="random", schedule="cosine", lr=0.1, early_stop=False, prune_after=0),
 }
 
 
@@ -122,10 +120,7 @@ def reference_values(lm: LoadedModel, layer: int, targets: int, steps: int, seed
     from .budget import absolute_cap
     from .condition import solve_condition
 
-    unknown = sorted(set(runs) - set(RUN_KEYS)) + sorted(set(conditions) - set(CONDITION_KEYS))
-    if unknown or not runs or not conditions:
-        raise UserError(f"unknown or empty reference runs/conditions {unknown}: runs from {', '.join(RUN_KEYS)}; "
-                        f"conditions from {', '.join(CONDITION_KEYS)}")
+    check_study_parts(runs, conditions)
     chosen_runs = {RUN_KEYS[k]: REFERENCE_RUNS[RUN_KEYS[k]] for k in RUN_KEYS if k in runs}
     settings = {"layer": layer, "targets": targets, "max_steps": steps, "seed": seed, "runs": list(chosen_runs)}
     rows = []
