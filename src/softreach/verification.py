@@ -50,6 +50,7 @@ class FolderCheck:
     fields: set[str] = field(default_factory=set)  # the fields and checks that were compared
     worst_cos: float = 0.0  # largest |reported - recomputed| over the cosine fields
     disagreements: list[Disagreement] = field(default_factory=list)
+    continuation: str | None = None  # what continuing the rows found (--continue-steps), or why it was skipped
 
     @property
     def ok(self) -> bool:
@@ -60,7 +61,7 @@ class FolderCheck:
         if not self.ok:
             return [f"FAIL {self.folder} {d}" for d in self.disagreements]
         return [f"ok   {self.folder}: {self.rows_checked}/{self.rows_total} rows, worst |dcos| {self.worst_cos:.1e}; "
-                f"checked {', '.join(sorted(self.fields))}"]
+                f"checked {', '.join(sorted(self.fields))}" + (f"; {self.continuation}" if self.continuation else "")]
 
 
 def _shown(value) -> str:
@@ -83,10 +84,12 @@ def result_folders(path: str | Path) -> list[Path]:
 
 
 def verify(*paths: str | Path, max_problems: int | None = None, tol: float = 1e-4, device: str = "cpu",
-           progress: bool = False) -> list[FolderCheck]:
+           progress: bool = False, continue_steps: int = 0) -> list[FolderCheck]:
     """Check every result folder under `paths`; `all(c.ok for c in checks)` when everything agrees.
 
     tol: the largest |reported - recomputed| accepted for a cosine (MSE-like fields: relative 10 * tol).
+    continue_steps: also continue every row from its saved input for this many steps of an optimiser of the
+    check's own (convergence_check); a row called `converged` that gains more than 0.005 fails.
     """
     from tqdm.auto import tqdm
 
@@ -96,6 +99,8 @@ def verify(*paths: str | Path, max_problems: int | None = None, tol: float = 1e-
         raise UserError(f"--max-problems must be at least 1, got {max_problems}")
     if not tol > 0:
         raise UserError(f"--tol must be positive, got {tol}")
+    if continue_steps < 0:
+        raise UserError(f"--continue-steps must be 0 (off) or more, got {continue_steps}")
     dev = pick_device(device)
     folders = [f for p in paths for f in result_folders(p)]
     models: dict[tuple, torch.nn.Module] = {}
@@ -103,7 +108,7 @@ def verify(*paths: str | Path, max_problems: int | None = None, tol: float = 1e-
     with tqdm(folders, desc="verify", unit="folder", disable=not progress) as bar:
         for folder in bar:
             bar.set_postfix_str(folder.name)
-            checks.append(check_folder(folder, models, max_problems, tol, dev))
+            checks.append(check_folder(folder, models, max_problems, tol, dev, continue_steps))
     return checks
 
 
@@ -161,15 +166,19 @@ class _Folder:
         self.positions = tensors.get("target_positions")
         self.has_context = self.before is not None or self.after is not None
 
-    def residual(self, rows: torch.Tensor, slots: torch.Tensor, ablation: str | None = None) -> torch.Tensor:
-        """Residuals at the target positions for slot vectors [B, K, d] of problems `rows`: [B, P, d] on CPU."""
+    def inputs(self, rows: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """The whole input of problems `rows`: fixed text, slot vectors [B, K, d], fixed text: [B, S, d]."""
         parts = [slots.float().to(self.device)]
         if self.before is not None:
             parts.insert(0, self.embed(self.before[rows].long().to(self.device)).float())
         if self.after is not None:
             parts.append(self.embed(self.after[rows].long().to(self.device)).float())
+        return torch.cat(parts, dim=1)
+
+    def residual(self, rows: torch.Tensor, slots: torch.Tensor, ablation: str | None = None) -> torch.Tensor:
+        """Residuals at the target positions for slot vectors [B, K, d] of problems `rows`: [B, P, d] on CPU."""
         out = []
-        x = torch.cat(parts, dim=1)
+        x = self.inputs(rows, slots)
         for lo in range(0, x.shape[0], 32):
             out.append(hidden_state(self.model, self.layer, x[lo : lo + 32], ablation or self.ablation).cpu())
         h = torch.cat(out)
@@ -179,7 +188,8 @@ class _Folder:
         return self.residual(rows, self.embed(ids.long().to(self.device)).float(), ablation)
 
 
-def check_folder(folder: Path, models: dict, max_problems: int | None, tol: float, device: torch.device) -> FolderCheck:
+def check_folder(folder: Path, models: dict, max_problems: int | None, tol: float, device: torch.device,
+                 continue_steps: int = 0) -> FolderCheck:
     from safetensors.torch import load_file
 
     check = FolderCheck(folder)
@@ -216,7 +226,26 @@ def check_folder(folder: Path, models: dict, max_problems: int | None, tol: floa
     _check_token_baselines(check, f, rows, idx, tensors, target[:k], tol)
     if not f.has_context and any("copy_cos" in r for r in rows[:k]):
         _check_copy(check, f, rows, target[:k], config, tol)
+    if continue_steps:
+        _check_converged(check, f, config, tensors, rows, soft[:k], target[:k], continue_steps)
     return check
+
+
+def _check_converged(check, f: _Folder, config, tensors, rows, soft, target, steps) -> None:
+    """Rows called `converged` gain at most MAX_GAIN when an optimiser of this check's own continues them."""
+    from .convergence_check import MAX_GAIN, continue_rows, skip_reason
+
+    reason = skip_reason(config, tensors)
+    if reason or not any("verdict" in r for r in rows[: len(soft)]):
+        check.continuation = f"not continued: {reason or 'no verdicts'}"
+        return
+    result = continue_rows(f, config, rows, soft, target, _cap(config), steps)
+    check.continuation = result.summary()
+    check.fields.add("convergence")
+    for i, (verdict, gain) in enumerate(zip(result.verdicts, result.gain.tolist())):
+        if verdict == "converged" and gain > MAX_GAIN:
+            check.disagreements.append(Disagreement(i, "verdict", "converged (gains <= 0.005 when continued)",
+                                                    f"gains {gain:.4f} in {steps} steps of projected gradient descent"))
 
 
 def _compare(check: FolderCheck, row: int, name: str, reported, recomputed: float, tol: float, relative: bool = False,

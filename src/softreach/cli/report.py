@@ -8,7 +8,8 @@ from .args import refuse_settings
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("report", help="write report.md and figures for a suite, ladder, steer or result folder")
+    p = sub.add_parser("report", help="write report.md and figures for a suite, ladder, steer or result folder, or for a folder of such "
+                       "runs (a contents list, and steer folders' sweeps side by side)")
     p.add_argument("run_dir")
     refuse_settings(p, "report")
     return p
@@ -24,6 +25,12 @@ def main(a) -> int:
         from ..report.ladder import write_ladder_report
 
         print(write_ladder_report(Path(a.run_dir)))
+        return 0
+    from ..report.collection import is_collection, run_kind, write_collection_report
+
+    path = Path(a.run_dir)
+    if path.is_dir() and (is_collection(path) or run_kind(path) is None):  # several runs side by side
+        print(write_collection_report(a.run_dir))
         return 0
     from ..report import write_report
 

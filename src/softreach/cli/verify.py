@@ -18,6 +18,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=1e-4, help="largest accepted |reported - recomputed| for a cosine "
                    "(MSE-like fields: relative 10 x tol) (default: 1e-4)")
     p.add_argument("--device", default="cpu", help="where to recompute: cpu, cuda or auto (default: cpu)")
+    p.add_argument("--continue-steps", type=int, default=0, metavar="N", help="also continue every row from its "
+                   "saved input for N steps of projected gradient descent with backtracking (an optimiser of the "
+                   "check's own, within the folder's norm budget); a row called converged that gains more than "
+                   "0.005 in its loss fails (default: 0, off)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     refuse_settings(p, "verify")
     return p
@@ -27,7 +31,7 @@ def main(a) -> int:
     from ..verification import verify
 
     checks = verify(*a.dirs, max_problems=a.max_problems, tol=a.tol, device=a.device,
-                    progress=not a.no_progress and sys.stderr.isatty())
+                    progress=not a.no_progress and sys.stderr.isatty(), continue_steps=a.continue_steps)
     for check in checks:
         for line in check.lines():
             print(line)

@@ -59,3 +59,34 @@ def plot_vocab(by: dict[tuple[str, float], list[dict]], soft_rows: list[dict], p
     ax.legend(fontsize=8)
     ax.set_title("Real tokens in the slots against vocabulary density", fontsize=10)
     return _save(fig, path)
+
+
+def plot_series(series: list[tuple[str, dict]], labels: list[str], path: str | os.PathLike, title: str,
+                xlabel: str) -> Path:
+    """One sweep across several steer folders: per series (label, {sweep value: problems}) the optimised slots'
+    mean cosine (a solid line; hollow markers where under 90% of the problems converged: lower bounds), the
+    text's own tokens (dashed) and random tokens (dotted), in the series' colour. labels: the x values in order."""
+    fig, (ax,) = _new_figure(width=8.6, height=5.6)
+    x = {v: i for i, v in enumerate(labels)}
+    values = []
+    for j, (name, points) in enumerate(series):
+        keys = [v for v in labels if v in points]
+        xs = [x[v] for v in keys]
+        ys = [field_mean(points[v], "cos") for v in keys]
+        ax.plot(xs, ys, color=f"C{j}", marker="o", label=f"{name}: soft slots")
+        loose = [(xi, yi) for xi, yi, v in zip(xs, ys, keys) if field_mean(points[v], "converged") < 0.9]
+        if loose:
+            ax.plot(*zip(*loose), linestyle="none", marker="o", color="white", markeredgecolor=f"C{j}", zorder=3)
+        values += ys
+        for key, style, what in (("own_cos", "--", "own tokens"), ("floor_cos", ":", "random tokens")):
+            if all(any(key in r for r in points[v]) for v in keys):
+                base = [field_mean(points[v], key) for v in keys]
+                ax.plot(xs, base, color=f"C{j}", linestyle=style, linewidth=1, alpha=0.8, label=f"{name}: {what}")
+                values += base
+    _cosine_axis(ax, values, label="cosine at the steered positions (mean over texts)")
+    ax.set_xticks(range(len(labels)), [str(v) for v in labels])
+    ax.set_xlabel(xlabel)
+    ax.grid(alpha=0.3)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", fontsize=7, ncol=3)
+    ax.set_title(f"{title}\n(hollow: under 90% of the problems converged, a lower bound)", fontsize=9)
+    return _save(fig, path)
