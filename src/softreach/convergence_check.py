@@ -120,7 +120,8 @@ def _folder_loss(optim: dict, skip_first: bool):
 def _descend(folder, idx: torch.Tensor, x: torch.Tensor, target: torch.Tensor, cap: float | None, loss_of,
              steps: int, halvings: int = 20) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Projected gradient descent with a backtracking step per problem: start loss [B], end loss [B], end inputs
-    [B, K, d], evaluations."""
+    [B, K, d], evaluations. A row whose step was halved `halvings` times without a gain is settled (stationary to
+    within the step's resolution) and drops out."""
     dev = folder.device
     x, target = x.float().to(dev), target.float().to(dev)
     scale = cap if cap is not None else float(x.norm(dim=-1).mean())
@@ -130,17 +131,20 @@ def _descend(folder, idx: torch.Tensor, x: torch.Tensor, target: torch.Tensor, c
         h = residual_with_grad(folder.model, folder.layer, folder.inputs(idx[rows.cpu()], inputs), folder.ablation)
         return loss_of(h if folder.positions is None else h[:, folder.positions.long().to(dev)], target[rows])
 
-    everyone = torch.arange(len(x), device=dev)
+    active = torch.arange(len(x), device=dev)  # rows still moving; a row no step can improve is settled
     with torch.no_grad():
-        current = loss(x, everyone)
+        current = loss(x, active)
     start, evals = current.clone(), 1
     for _ in range(steps):
-        xg = x.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(loss(xg, everyone).sum(), xg)
+        if not len(active):
+            break
+        xg = x[active].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(loss(xg, active).sum(), xg)
         evals += 1
-        # unit direction per problem, scaled so that `step` is the mean move of one vector: [B, K, d]
-        direction = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, 1, 1) * x.shape[1] ** 0.5
-        pending = everyone.clone()
+        # unit direction per problem, scaled so that `step` is the mean move of one vector: [B', K, d]
+        direction = torch.zeros_like(x)
+        direction[active] = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-30).view(-1, 1, 1) * x.shape[1] ** 0.5
+        pending = active.clone()
         for _ in range(halvings):
             with torch.no_grad():
                 trial = clip_norms(x[pending] - step[pending].view(-1, 1, 1) * direction[pending], cap)
@@ -154,4 +158,5 @@ def _descend(folder, idx: torch.Tensor, x: torch.Tensor, target: torch.Tensor, c
             step[pending] /= 2
             if not len(pending):
                 break
+        active = active[~torch.isin(active, pending)]
     return start.cpu(), current.cpu(), x.cpu(), evals
