@@ -96,3 +96,17 @@ def test_a_negative_step_count_is_one_line_exit_2(runs, capsys):
     code = main(["verify", str(runs["long"]), "--continue-steps", "-1"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "--continue-steps" in err
+
+
+def test_folders_that_cannot_be_continued_say_why(runs, tmp_path, capsys):
+    """Ladder rungs: a norm bound's feasible set is not a stated norm budget; free vectors state no verdicts."""
+    out = tmp_path / "ladder"
+    assert main(["ladder", "--model", str(runs["model"]), "--layer", "2", "--targets", "2", "--seq-len", "6",
+                 "--steps", "4", "--rungs", "free,norm_bound", "--norm-bounds", "2", "--floor-draws", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    code, text = _verify(capsys, out / "free", out / "norm_bound_c2", "--continue-steps", "5")
+    assert code == 0, text
+    free, bound = text.splitlines()[:2]
+    assert free.endswith("not continued: no verdicts") and bound.endswith("not continued: rung norm_bound (its feasible set is not "
+                                                          "the folder's norm budget)")

@@ -6,7 +6,8 @@ the loss), on the folder's own loss (mean over the compared positions of 1 - cos
 one), through a forward of its own (plain Hugging Face, stopped after block L), every vector kept within the
 folder's norm budget. A row called `converged` that gains more than MAX_GAIN in that loss fails the check;
 the gains of rows called `improving` are listed beside it, to show the check can move what is not converged.
-Continuous inputs only: folders of discrete solutions and of constraint rungs other than a norm bound are skipped.
+Continuous inputs only: folders of discrete solutions and of constraint-ladder rungs other than free vectors are
+skipped, with the reason.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .budget import clip_norms
 
 MAX_GAIN = 0.005  # largest loss a converged problem may still lose (issue 17: cos 0.005 where the loss is 1 - cos)
 CHUNK = 32  # problems continued together
-CONTINUOUS_RUNGS = (None, "free", "norm_bound")  # ladder rungs whose feasible set is a norm ball (or everything)
+CONTINUOUS_RUNGS = (None, "free")  # ladder rungs continued: free vectors (a norm_bound rung states no norm_budget)
 
 
 @dataclass
@@ -80,7 +81,7 @@ def skip_reason(config: dict, tensors: dict) -> str | None:
     if any(name in tensors for name in ("solution_tokens", "projected_tokens")) or config.get("discrete"):
         return "discrete inputs"
     if config.get("rung") not in CONTINUOUS_RUNGS:
-        return f"rung {config.get('rung')} (not a norm ball)"
+        return f"rung {config.get('rung')} (its feasible set is not the folder's norm budget)"
     return None
 
 
