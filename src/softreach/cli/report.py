@@ -16,23 +16,16 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def main(a) -> int:
-    if (Path(a.run_dir) / "steer.json").is_file():  # a steer folder (sweeps, rungs)
-        from ..report.steer import write_steer_report
-
-        print(write_steer_report(Path(a.run_dir)))
-        return 0
-    if (Path(a.run_dir) / "frontier.json").is_file():  # a constraint-ladder folder
-        from ..report.ladder import write_ladder_report
-
-        print(write_ladder_report(Path(a.run_dir)))
-        return 0
-    from ..report.collection import is_collection, run_kind, write_collection_report
+    from ..report.collection import is_collection, run_kind, write_collection_report, write_run_report
 
     path = Path(a.run_dir)
-    if path.is_dir() and (is_collection(path) or run_kind(path) is None):  # several runs side by side
-        print(write_collection_report(a.run_dir))
-        return 0
-    from ..report import write_report
+    kind = run_kind(path) if path.is_dir() else None
+    if path.is_dir() and (kind is None or is_collection(path)):  # several runs side by side
+        print(write_collection_report(path))
+    elif kind in ("steer", "ladder"):  # a steer folder (sweeps, rungs) or a constraint-ladder folder
+        print(write_run_report(path, kind))
+    else:  # a suite or one result folder (load_run says in one line why a path is neither)
+        from ..report import write_report
 
-    print(write_report(a.run_dir))
+        print(write_report(path))
     return 0
