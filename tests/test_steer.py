@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 import softreach as sr
 from softreach.cli import main
 from softreach.errors import UserError
+from softreach.floor import near_miss_cos, one_slot_wrong
 from softreach.frame import frame_residual_of_tokens
 from softreach.random_models import random_model
 from softreach.steer.config import SteerConfig
@@ -195,7 +196,9 @@ def test_discrete_rungs_in_the_slots_with_vocabulary_density(tiny_model_dir, tmp
         # real targets: the share of the source tokens the rung found, checked against the saved ids
         same = (t["solution_tokens"] == t["tokens"]).float()
         assert [r["token_recovery"] for r in rows] == pytest.approx(same.mean(1).tolist())
+        assert all(r["near_miss_cos"] < r["source_cos"] for r in rows)  # the known answer, one slot wrong
     report = (out / "report.md").read_text()
+    assert "| source tokens | source, one slot random |" in report
     assert "## Real tokens in the slots" in report and "### Vocabulary density" in report
     assert (out / "steer_vocab.png").stat().st_size > 1000
     assert main(args) == 0  # resumes with nothing left to do
@@ -233,3 +236,30 @@ def test_the_same_seed_gives_the_same_texts_whichever_sweeps_run():
     alone = run_steer(cfg, None, lm=lm, show_progress=False)["results"][""][0].problems
     swept = run_steer(dataclasses.replace(cfg, sweep=("k",)), None, lm=lm, show_progress=False)["results"]["k2"][0]
     assert [p["cos"] for p in alone] == [p["cos"] for p in swept.problems]
+
+
+def test_one_slot_wrong_changes_exactly_one_slot_to_another_allowed_token():
+    g = torch.Generator().manual_seed(0)
+    vocab = torch.tensor([2, 3, 5])  # a tiny vocabulary: the source token is often drawn and must be skipped
+    source = torch.tensor([[2, 3, 5, 2], [5, 5, 5, 5], [3, 2, 3, 9]])  # 9: a source token outside the vocabulary
+    ids = one_slot_wrong(source, vocab, 200, g)  # [200, 3, 4]
+    differ = ids != source.unsqueeze(0)
+    assert ids.shape == (200, 3, 4) and (differ.sum(2) == 1).all()
+    assert torch.isin(ids[differ], vocab).all()
+    assert set(ids[:, 1][differ[:, 1]].tolist()) == {2, 3}  # every other token is drawn, never the source's 5
+    assert set(differ.nonzero()[:, 2].tolist()) == {0, 1, 2, 3}  # every slot is drawn
+
+
+def test_near_miss_is_the_mean_cosine_of_the_source_with_one_slot_wrong():
+    lm = random_model("llama")
+    cfg = SteerConfig(kind="real", before=3, after=6, soft=3, steer="last:2", targets=2)
+    texts, donors = draw_texts(lm, cfg.corpus, 3, 3, 6, 2, 0, donors=2)
+    pr = build_targets(lm, 2, cfg, texts, donors, texts.frame(3, steered_positions(3, 3, 6, cfg.steer, None)))
+    got = near_miss_cos(lm, 2, pr.frame, pr.source_tokens, pr.target, seed=7, draws=5)
+    ids = one_slot_wrong(pr.source_tokens, lm.ordinary_token_ids(), 5, torch.Generator().manual_seed(7 + 130363))
+    for i in range(2):  # one problem, one draw at a time
+        cos = [torch.nn.functional.cosine_similarity(
+            frame_residual_of_tokens(lm.model, 2, pr.frame.select(slice(i, i + 1)), ids[d, i:i + 1])[0],
+            pr.target[i], dim=-1).mean() for d in range(5)]
+        assert float(got[i]) == pytest.approx(float(torch.stack(cos).mean()), abs=1e-5)
+        assert float(got[i]) < 1 - 1e-4  # the source itself gives 1

@@ -31,3 +31,32 @@ def random_token_floor(lm: LoadedModel, targets: torch.Tensor, layer: int, seed:
     if frame is None and t > 1:
         out["cos_no_pos0"] = cos[:, :, 1:].mean(2).mean(0)
     return out
+
+
+
+def one_slot_wrong(source: torch.Tensor, vocab: torch.Tensor, draws: int, generator: torch.Generator) -> torch.Tensor:
+    """source [N, K] ids -> [draws, N, K]: each draw of each row with one slot (drawn uniformly) holding another
+    token of `vocab` (sorted ids), drawn uniformly among those that differ from the source token there."""
+    n, k = source.shape
+    ids = source.long().cpu().unsqueeze(0).repeat(draws, 1, 1)  # [draws, N, K]
+    slot = torch.randint(0, k, (draws, n, 1), generator=generator)
+    right = ids.gather(2, slot)  # [draws, N, 1]
+    pick = torch.randint(0, vocab.numel() - 1, (draws, n, 1), generator=generator)
+    pick = pick + (pick >= torch.searchsorted(vocab, right)).long() * torch.isin(right, vocab).long()  # skip the source
+    return ids.scatter_(2, slot, vocab[pick])
+
+
+@torch.no_grad()
+def near_miss_cos(lm: LoadedModel, layer: int, frame: TextFrame, source: torch.Tensor, targets: torch.Tensor,
+                  seed: int, draws: int = 16) -> torch.Tensor:
+    """Mean cosine [N] of the known answer with one slot wrong (one_slot_wrong, `draws` draws per problem):
+    source [N, K] tokens whose residuals are targets [N, P, d] at the frame's positions.
+
+    What a search that found all but one of the tokens would score: the scale for reading a discrete rung's
+    cosine on real targets (a rung below it has done worse than all-but-one).
+    """
+    n, k = source.shape
+    ids = one_slot_wrong(source, lm.ordinary_token_ids(), draws, torch.Generator().manual_seed(seed + 130363))
+    achieved = frame_residual_of_tokens(lm.model, layer, frame.tile(draws), ids.view(draws * n, k))
+    achieved = achieved.view(draws, n, *targets.shape[1:])
+    return cos_per_position(achieved, targets.float().unsqueeze(0).expand_as(achieved)).mean(2).mean(0)

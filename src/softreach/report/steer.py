@@ -19,6 +19,8 @@ CELLS = {  # column -> how a condition's problems fill it (means over problems u
     "cos (median)": lambda rows: fmt(statistics.median(r["cos"] for r in rows)),
     "random tokens": lambda rows: fmt(field_mean(rows, "floor_cos")),
     "own tokens": lambda rows: fmt(field_mean(rows, "own_cos")),
+    "source tokens": lambda rows: fmt(field_mean(rows, "source_cos")),
+    "source, one slot random": lambda rows: fmt(field_mean(rows, "near_miss_cos")),
     "reached": lambda rows: pct(field_mean(rows, "reached")),
     "converged": lambda rows: pct(field_mean(rows, "converged")),
     "KL": lambda rows: fmt(field_mean(rows, "kl")),
@@ -33,6 +35,14 @@ COLUMNS = ["cos (mean)", "cos (median)", "random tokens", "own tokens", "reached
            "own KL", "steps"]
 RUNG_COLUMNS = ["cos (mean)", "cos (median)", "random tokens", "own tokens", "reached", "tokens recovered", "KL", "top-1",
                 "forward passes"]
+
+
+def with_known_answer(columns: list[str], rows: list[dict]) -> list[str]:
+    """`columns` with the known answer's baselines after "own tokens" where the rows have them (real targets)."""
+    extra = [c for c, key in (("source tokens", "source_cos"), ("source, one slot random", "near_miss_cos"))
+             if any(key in r for r in rows)]
+    at = columns.index("own tokens") + 1
+    return columns[:at] + extra + columns[at:]
 
 
 def point_row(rows: list[dict], columns: list[str] = COLUMNS) -> list[str]:
@@ -59,10 +69,10 @@ def load_points(out: str | Path) -> list[tuple[str, dict, list[dict]]]:
 def points_table(out: str | Path, single: bool = False) -> str:
     """The table of a result folder (single) or of every point of a steer folder, as markdown."""
     out = Path(out)
-    if single:
-        return "\n".join(table(["condition"] + COLUMNS, [["steer"] + point_row(read_problems(out))]))
-    rows = [[name] + point_row(problems) for name, _, problems in load_points(out)]
-    return "\n".join(table(["point"] + COLUMNS, rows))
+    found = [("steer", read_problems(out))] if single else [(name, problems) for name, _, problems in load_points(out)]
+    columns = with_known_answer(COLUMNS, [r for _, problems in found for r in problems])
+    rows = [[name] + point_row(problems, columns) for name, problems in found]
+    return "\n".join(table(["condition" if single else "point"] + columns, rows))
 
 
 def smallest_k(points: list[tuple[str, dict, list[dict]]], fidelity: float) -> list[int | None]:
@@ -86,10 +96,11 @@ def rung_section(out: Path, points: list[tuple[str, dict, list[dict]]]) -> list[
     rungs = [p for p in points if p[1].get("rung")]
     if not base or not rungs:
         return []
-    header = ["inputs in the slots", "vocabulary"] + RUNG_COLUMNS
-    rows = [["soft vectors (continuous)", "-"] + point_row(base[0][2], RUNG_COLUMNS)]
+    columns = with_known_answer(RUNG_COLUMNS, base[0][2])
+    header = ["inputs in the slots", "vocabulary"] + columns
+    rows = [["soft vectors (continuous)", "-"] + point_row(base[0][2], columns)]
     for name, c, problems in sorted(rungs, key=lambda p: (-p[1]["vocab_percent"], p[0])):
-        rows.append([c["rung"], f"{c['vocab_percent']:g}%"] + point_row(problems, RUNG_COLUMNS))
+        rows.append([c["rung"], f"{c['vocab_percent']:g}%"] + point_row(problems, columns))
     lines = ["## Real tokens in the slots", "",
              "The ladder's discrete rungs restricted to the soft slots (the fixed text unchanged): projection (nearest "
              "token of each continuous slot vector), projected (PEZ), gcg (token search from the text's own tokens), "
@@ -133,9 +144,10 @@ def write_steer_report(out: str | Path) -> Path:
         chosen = [p for p in points if p[1].get("sweep") == sweep]
         if not chosen:
             continue
-        rows = [[str(c["sweep_value"])] + point_row(problems) for _, c, problems in chosen]
+        columns = with_known_answer(COLUMNS, [r for _, _, problems in chosen for r in problems])
+        rows = [[str(c["sweep_value"])] + point_row(problems, columns) for _, c, problems in chosen]
         figure = plot_sweep(chosen, out / f"steer_{sweep}.png", title, xlabel)
-        lines += [f"## {title}", "", *table([xlabel] + COLUMNS, rows), "", f"![{title}]({figure.name})", ""]
+        lines += [f"## {title}", "", *table([xlabel] + columns, rows), "", f"![{title}]({figure.name})", ""]
         if sweep == "k":
             ks = smallest_k(points, cfg["fidelity"])
             found = [k for k in ks if k is not None]

@@ -18,6 +18,7 @@ ROWS: list[tuple] = [
     ("random-token floor without position 0", "floor_cos_no_pos0"),
     ("the text's own tokens in the slots (cosine)", "own_cos"),
     ("the source tokens in the slots (cosine)", "source_cos"),
+    ("the source tokens with one slot's token random (cosine)", "near_miss_cos"),
     ("gain over the text's own tokens", "gain_over_own"),
     ("next-token KL to the target's continuation (nats)", "kl"),
     ("next-token top-1 agreement with the target's continuation", "top1"),

@@ -119,7 +119,7 @@ def solve_slot_rung(lm, layer: int, cfg, problems: SteerTargets, rung: str, soft
         if problems.source_tokens is not None:  # real targets: how much of the known answer the rung found
             same = ids[i].cpu() == problems.source_tokens[i].cpu()
             rec.update(token_recovery=float(same.float().mean()), exact_recovery=float(same.all()))
-        for key in ("coefficient", "floor_cos"):
+        for key in ("coefficient", "floor_cos", "source_cos", "near_miss_cos"):
             if key in base:
                 rec[key] = base[key]
         if "kl" in m:

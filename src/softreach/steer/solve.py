@@ -1,13 +1,13 @@
 """Solve one steering condition: optimise the soft slots of every problem, then measure it against its
-baselines (random tokens in the slots, the text's own tokens, the source tokens of real targets), with
-convergence verdicts and the downstream check at the steered positions."""
+baselines (random tokens in the slots, the text's own tokens; for real targets the source tokens, and the
+source tokens with one slot wrong), with convergence verdicts and the downstream check at the steered positions."""
 from __future__ import annotations
 
 import torch
 
 from ..budget import absolute_cap, clip_norms
 from ..condition import ConditionResult, convergence_verdicts, summarise
-from ..floor import random_token_floor
+from ..floor import near_miss_cos, random_token_floor
 from ..frame import TextFrame, frame_residual_batched
 from ..metrics import cos_per_position
 from ..optimize import initial_prompts, optimise
@@ -53,9 +53,11 @@ def solve_steer(lm, layer: int, cfg: SteerConfig, problems: SteerTargets, progre
     own = measure_inputs(lm, layer, frame, own_inputs, target, cfg.downstream)
     floor = random_token_floor(lm, target, layer, cfg.seed, cfg.floor_draws, frame=frame)["cos"] if cfg.floor_draws \
         else None
-    source = None
+    source = near_miss = None
     if problems.source_tokens is not None:
         source = measure_inputs(lm, layer, frame, emb(problems.source_tokens.to(lm.device)).float(), target, False)["cos"]
+        if cfg.floor_draws:
+            near_miss = near_miss_cos(lm, layer, frame, problems.source_tokens, target, cfg.seed, 4 * cfg.floor_draws)
     verdicts = convergence_verdicts(res, res.soft_prompt, cap, cfg.optim)
     out = []
     for i in range(n):
@@ -69,6 +71,8 @@ def solve_steer(lm, layer: int, cfg: SteerConfig, problems: SteerTargets, progre
             rec["beats_floor"] = bool(rec["cos"] > rec["floor_cos"])
         if source is not None:
             rec["source_cos"] = float(source[i])
+        if near_miss is not None:
+            rec["near_miss_cos"] = float(near_miss[i])
         if cfg.downstream:
             rec.update(kl=float(m["kl"][i]), top1=float(m["top1"][i]), own_kl=float(own["kl"][i]),
                        own_top1=float(own["top1"][i]))
