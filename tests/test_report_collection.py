@@ -34,7 +34,8 @@ def test_a_folder_of_runs_gets_one_report_with_contents_and_a_line_per_kind(root
     assert (root / "steer-real" / "report.md").is_file()  # every run's own report is rewritten
     table = [line for line in text.splitlines() if line.startswith("| suffix")]
     labels = [line.split(":")[0] for line in table]
-    assert labels == ["| suffix, random, budget 1"] * 4 + ["| suffix, real, budget 1"] * 4  # folders by name
+    assert labels == ["| suffix, random, budget 1"] * 4 + ["| suffix, real, budget 1"] * 5  # folders by name
+    assert table[-2].startswith("| suffix, real, budget 1: source tokens, one slot random")  # the known answer's scale
     assert "soft slots (converged)" in table[0] and table[0].count("%)") == 2  # K = 1 and 2, each with its share
     assert (root / "steer_k_all.png").stat().st_size > 5000
     assert "![Fidelity against the number of soft slots K](steer_k_all.png)" in text

@@ -109,7 +109,10 @@ def steer_lines(root: Path, folders: list[Path]) -> list[str]:
             rows.append([f"{name}: soft slots (converged)"] + [
                 f"{fmt(field_mean(points[v], 'cos'))} ({pct(field_mean(points[v], 'converged'))})" if v in points
                 else "-" for v in labels])
-            for key, what in (("own_cos", "own tokens"), ("floor_cos", "random tokens"), ("kl", "next-token KL")):
+            baselines = [("own_cos", "own tokens"), ("floor_cos", "random tokens"), ("kl", "next-token KL")]
+            if any("near_miss_cos" in r for rs in points.values() for r in rs):  # real targets: the known answer
+                baselines.insert(2, ("near_miss_cos", "source tokens, one slot random"))
+            for key, what in baselines:
                 rows.append([f"{name}: {what}"] + [fmt(field_mean(points[v], key)) if v in points else "-"
                                                     for v in labels])
         figure = plot_series(series, labels, root / f"steer_{sweep}_all.png", title, xlabel)
