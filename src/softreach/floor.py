@@ -1,4 +1,5 @@
-"""The random-token floor: how close uniformly random real tokens already get to a target."""
+"""Random-token baselines: the floor (how close uniformly random real tokens already get to a target) and, for
+targets real tokens made, the near miss (those tokens with one slot wrong)."""
 from __future__ import annotations
 
 import torch
