@@ -34,7 +34,6 @@ def random_token_floor(lm: LoadedModel, targets: torch.Tensor, layer: int, seed:
     return out
 
 
-
 def one_slot_wrong(source: torch.Tensor, vocab: torch.Tensor, draws: int, generator: torch.Generator) -> torch.Tensor:
     """source [N, K] ids -> [draws, N, K]: each draw of each row with one slot (drawn uniformly) holding another
     token of `vocab` (sorted ids), drawn uniformly among those that differ from the source token there."""
