@@ -11,6 +11,20 @@ from .targets import residuals_of_tokens
 
 
 @torch.no_grad()
+def cos_of_draws(lm: LoadedModel, layer: int, ids: torch.Tensor, targets: torch.Tensor, ablation: str = "none",
+                 frame: TextFrame | None = None) -> torch.Tensor:
+    """Cosine per position [draws, N, P] of token draws ids [draws, N, T] to targets [N, P, d]: the tokens are the
+    whole input (P = T), or, with a frame, fill its K = T slots (P: the frame's positions)."""
+    draws, n, t = ids.shape
+    if frame is None:
+        achieved = residuals_of_tokens(lm, ids.reshape(draws * n, t), layer, ablation)
+    else:
+        achieved = frame_residual_of_tokens(lm.model, layer, frame.tile(draws), ids.reshape(draws * n, t), ablation)
+    achieved = achieved.view(draws, n, *targets.shape[1:])
+    return cos_per_position(achieved, targets.float().unsqueeze(0).expand_as(achieved))
+
+
+@torch.no_grad()
 def random_token_floor(lm: LoadedModel, targets: torch.Tensor, layer: int, seed: int, draws: int = 4,
                        ablation: str = "none", frame: TextFrame | None = None) -> dict:
     """Cosine of random-token inputs to each target, averaged over `draws` draws.
@@ -22,12 +36,7 @@ def random_token_floor(lm: LoadedModel, targets: torch.Tensor, layer: int, seed:
     vocab = lm.ordinary_token_ids()
     g = torch.Generator().manual_seed(seed + 104729)
     ids = vocab[torch.randint(0, vocab.numel(), (draws, n, t), generator=g)]  # [draws, N, T]
-    if frame is None:
-        achieved = residuals_of_tokens(lm, ids.view(draws * n, t), layer, ablation)
-    else:
-        achieved = frame_residual_of_tokens(lm.model, layer, frame.tile(draws), ids.view(draws * n, t), ablation)
-    achieved = achieved.view(draws, n, *targets.shape[1:])
-    cos = cos_per_position(achieved, targets.float().unsqueeze(0).expand_as(achieved))  # [draws, N, T]
+    cos = cos_of_draws(lm, layer, ids, targets, ablation, frame)  # [draws, N, T]
     out = {"cos": cos.mean(2).mean(0)}
     if frame is None and t > 1:
         out["cos_no_pos0"] = cos[:, :, 1:].mean(2).mean(0)
@@ -55,8 +64,5 @@ def near_miss_cos(lm: LoadedModel, layer: int, frame: TextFrame, source: torch.T
     What a search that found all but one of the tokens would score: the scale for reading a discrete rung's
     cosine on real targets (a rung below it has done worse than all-but-one).
     """
-    n, k = source.shape
     ids = one_slot_wrong(source, lm.ordinary_token_ids(), draws, torch.Generator().manual_seed(seed + 130363))
-    achieved = frame_residual_of_tokens(lm.model, layer, frame.tile(draws), ids.view(draws * n, k))
-    achieved = achieved.view(draws, n, *targets.shape[1:])
-    return cos_per_position(achieved, targets.float().unsqueeze(0).expand_as(achieved)).mean(2).mean(0)
+    return cos_of_draws(lm, layer, ids, targets, frame=frame).mean(2).mean(0)
