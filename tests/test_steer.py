@@ -186,6 +186,7 @@ def test_discrete_rungs_in_the_slots_with_vocabulary_density(tiny_model_dir, tmp
                      "projection_v20", "soft"]
     codes = verify([out / n for n in names])
     assert all(code == 0 for code, _ in codes.values()), codes
+    assert all("near_miss_cos" in text and "floor_cos" in text for _, text in codes.values())  # from the saved draws
     for name in ("gcg_v20", "projection_v20", "projected_v20", "causal_v20"):
         cfg = json.loads((out / name / "config.json").read_text())
         assert cfg["norm_budget"] is None and cfg["vocab_percent"] == 20 and cfg["discrete"]

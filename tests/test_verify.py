@@ -64,7 +64,8 @@ def test_an_untouched_folder_passes_with_one_line(folder, capsys):
     assert code == 0, out
     first = out.splitlines()[0]
     assert first.startswith(f"ok   {folder}: 3/3 rows")
-    for name in ("cos", "mse", "cos_no_pos0", "copy baseline", "norm_budget", "tokens", "restart_cos", "fvu"):
+    for name in ("cos", "mse", "cos_no_pos0", "copy baseline", "norm_budget", "tokens", "restart_cos", "fvu",
+                 "floor_cos", "floor_cos_no_pos0"):
         assert name in first
 
 
@@ -75,6 +76,38 @@ def test_an_edited_cosine_fails_naming_folder_row_and_field(folder, tmp_path, ca
     code, text = _verify(capsys, out)
     assert code == 1 and f"FAIL {out} row 1 cos: reported" in text
     assert "row 0" not in text and "row 2" not in text
+
+
+def test_the_floor_is_recomputed_from_its_saved_draws(folder, tmp_path, capsys):
+    draws = load_file(str(folder / "tensors.safetensors"))["floor_tokens"]
+    assert draws.shape == (3, 1, 6)  # [targets, draws, T]
+    out = _copy(folder, tmp_path / "edited_row")
+    row = json.loads((out / "problems.jsonl").read_text().splitlines()[2])
+    _edit_row(out, 2, floor_cos=row["floor_cos"] + 0.01)
+    code, text = _verify(capsys, out)
+    assert code == 1 and f"FAIL {out} row 2 floor_cos: reported" in text and "floor_cos_no_pos0" not in text
+    other = _copy(folder, tmp_path / "edited_draws")  # other draws than the ones the floor was computed from
+    _edit_tensor(other, "floor_tokens", lambda t: torch.cat([t[1:], t[:1]]))
+    code, text = _verify(capsys, other)
+    assert code == 1 and "row 0 floor_cos: reported" in text and "row 0 floor_cos_no_pos0: reported" in text
+
+
+def test_the_near_miss_is_recomputed_from_its_saved_draws(tmp_path, capsys):
+    from softreach.random_models import save_random_model
+
+    model = save_random_model(tmp_path / "tiny", "llama", n_layers=3)
+    out = tmp_path / "steer"
+    assert main(["run", "steer", "--model", str(model), "--layer", "2", "--layout", "suffix", "--before", "4",
+                 "--after", "2", "--soft", "3", "--kind", "real", "--targets", "2", "--steps", "5",
+                 "--floor-draws", "1", "--no-progress", "--out", str(out)]) == 0
+    t = load_file(str(out / "tensors.safetensors"))
+    assert t["near_miss_tokens"].shape == (2, 4, 3) and t["floor_tokens"].shape == (2, 1, 3)  # [N, draws, K]
+    code, text = _verify(capsys, out)
+    assert code == 0 and "near_miss_cos" in text and "floor_cos" in text, text
+    row = json.loads((out / "problems.jsonl").read_text().splitlines()[1])
+    _edit_row(out, 1, near_miss_cos=row["near_miss_cos"] - 0.01)
+    code, text = _verify(capsys, out)
+    assert code == 1 and f"FAIL {out} row 1 near_miss_cos: reported" in text
 
 
 def test_a_soft_prompt_past_its_budget_fails(folder, tmp_path, capsys):

@@ -6,7 +6,7 @@ Produces everything a result folder holds: best soft prompt per target, per-prob
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -31,6 +31,7 @@ class ConditionResult:
     problems: list[dict]  # one row per target, tensor order
     summary: dict
     seconds: float
+    baseline_tokens: dict = field(default_factory=dict)  # name -> [N, draws, T] token draws behind a baseline
 
 
 @torch.no_grad()
@@ -108,6 +109,7 @@ def solve_condition(lm: LoadedModel, layer: int, target: torch.Tensor, restarts:
         problems=problems,
         summary=summary,
         seconds=res.seconds,
+        baseline_tokens=floor_tokens(floor),
     )
 
 
@@ -164,10 +166,16 @@ def metric_rows(m: dict, rows: torch.Tensor, floor: dict) -> list[dict]:
             if key != "cos_per_position":
                 rec[key] = float(val[row])
         rec["cos_per_position"] = [round(float(x), 6) for x in m["cos_per_position"][row]]
-        for key, val in floor.items():
-            rec[f"floor_{key}"] = float(val[i])
+        for key in ("cos", "cos_no_pos0"):
+            if key in floor:
+                rec[f"floor_{key}"] = float(floor[key][i])
         problems.append(rec)
     return problems
+
+
+def floor_tokens(floor: dict) -> dict:
+    """The floor's token draws as a folder saves them ({} without a floor)."""
+    return {"floor_tokens": floor["tokens"]} if "tokens" in floor else {}
 
 
 def evaluate_inputs(lm: LoadedModel, layer: int, inputs: torch.Tensor, target: torch.Tensor, seed: int,
@@ -184,7 +192,7 @@ def evaluate_inputs(lm: LoadedModel, layer: int, inputs: torch.Tensor, target: t
     seconds = time.perf_counter() - start
     return ConditionResult(soft_prompt=inputs.float(), target=target.float(), all_soft_prompts=inputs.float().unsqueeze(1),
                            loss_curve=None, cos_curve=None, problems=problems,
-                           summary=summarise(problems, 0, seconds), seconds=seconds)
+                           summary=summarise(problems, 0, seconds), seconds=seconds, baseline_tokens=floor_tokens(floor))
 
 
 def summarise(problems: list[dict], problem_steps: int, seconds: float) -> dict:

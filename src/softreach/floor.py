@@ -29,15 +29,16 @@ def random_token_floor(lm: LoadedModel, targets: torch.Tensor, layer: int, seed:
                        ablation: str = "none", frame: TextFrame | None = None) -> dict:
     """Cosine of random-token inputs to each target, averaged over `draws` draws.
 
-    targets: [N, T, d]. Returns {"cos": [N], "cos_no_pos0": [N]}. With a `frame` (fixed text around K soft
-    slots) the random tokens fill the slots, targets are [N, P, d] at its positions and only "cos" is returned.
+    targets: [N, T, d]. Returns {"cos": [N], "cos_no_pos0": [N], "tokens": [N, draws, T] the draws (saved as
+    `floor_tokens`, so `softreach verify` can recompute the floor)}. With a `frame` (fixed text around K soft slots)
+    the random tokens fill the slots, targets are [N, P, d] at its positions and there is no "cos_no_pos0".
     """
     n, t = targets.shape[0], targets.shape[1] if frame is None else frame.soft
     vocab = lm.ordinary_token_ids()
     g = torch.Generator().manual_seed(seed + 104729)
     ids = vocab[torch.randint(0, vocab.numel(), (draws, n, t), generator=g)]  # [draws, N, T]
     cos = cos_of_draws(lm, layer, ids, targets, ablation, frame)  # [draws, N, T]
-    out = {"cos": cos.mean(2).mean(0)}
+    out = {"cos": cos.mean(2).mean(0), "tokens": ids.transpose(0, 1).contiguous()}
     if frame is None and t > 1:
         out["cos_no_pos0"] = cos[:, :, 1:].mean(2).mean(0)
     return out
@@ -55,14 +56,19 @@ def one_slot_wrong(source: torch.Tensor, vocab: torch.Tensor, draws: int, genera
     return ids.scatter_(2, slot, vocab[pick])
 
 
+def near_miss_tokens(lm: LoadedModel, source: torch.Tensor, seed: int, draws: int = 16) -> torch.Tensor:
+    """The near miss's draws [draws, N, K] of source [N, K]: one_slot_wrong over the ordinary tokens."""
+    return one_slot_wrong(source, lm.ordinary_token_ids(), draws, torch.Generator().manual_seed(seed + 130363))
+
+
 @torch.no_grad()
 def near_miss_cos(lm: LoadedModel, layer: int, frame: TextFrame, source: torch.Tensor, targets: torch.Tensor,
                   seed: int, draws: int = 16) -> torch.Tensor:
-    """Mean cosine [N] of the known answer with one slot wrong (one_slot_wrong, `draws` draws per problem):
+    """Mean cosine [N] of the known answer with one slot wrong (near_miss_tokens, `draws` draws per problem):
     source [N, K] tokens whose residuals are targets [N, P, d] at the frame's positions.
 
     What a search that found all but one of the tokens would score: the scale for reading a discrete rung's
     cosine on real targets (a rung below it has done worse than all-but-one).
     """
-    ids = one_slot_wrong(source, lm.ordinary_token_ids(), draws, torch.Generator().manual_seed(seed + 130363))
+    ids = near_miss_tokens(lm, source, seed, draws)
     return cos_of_draws(lm, layer, ids, targets, frame=frame).mean(2).mean(0)

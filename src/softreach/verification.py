@@ -224,6 +224,7 @@ def check_folder(folder: Path, models: dict, max_problems: int | None, tol: floa
     _check_token_inputs(check, f, tensors, soft[:k], k)
     _check_recovery(check, rows, tensors, k)
     _check_token_baselines(check, f, rows, idx, tensors, target[:k], tol)
+    _check_draw_baselines(check, f, rows, idx, tensors, target[:k], tol)
     if not f.has_context and any("copy_cos" in r for r in rows[:k]):
         _check_copy(check, f, rows, target[:k], config, tol)
     if continue_steps:
@@ -374,6 +375,22 @@ def _check_token_baselines(check, f: _Folder, rows, idx, tensors, target, tol) -
         cos = F.cosine_similarity(h, target, dim=-1).mean(1)
         for i in idx.tolist():
             _compare(check, i, "own_cos", rows[i].get("own_cos"), float(cos[i]), tol)
+
+
+def _check_draw_baselines(check, f: _Folder, rows, idx, tensors, target, tol) -> None:
+    """Baselines of random token draws, recomputed from the saved draws [N, draws, K]: the floor (`floor_cos`,
+    `floor_cos_no_pos0`; the folder's ablation) and the near miss (`near_miss_cos`; unablated)."""
+    for name, field, ablation in (("floor_tokens", "floor_cos", None), ("near_miss_tokens", "near_miss_cos", "none")):
+        if name not in tensors or not any(field in rows[i] for i in idx.tolist()):
+            continue
+        check.fields.add(field)
+        draws = tensors[name][: len(idx)]  # [k, draws, K]
+        cos = torch.stack([F.cosine_similarity(f.token_residual(idx, draws[:, j], ablation), target, dim=-1)
+                           for j in range(draws.shape[1])])  # [draws, k, P]
+        for i in idx.tolist():
+            _compare(check, i, field, rows[i].get(field), float(cos[:, i].mean()), tol)
+            if field == "floor_cos" and f"{field}_no_pos0" in rows[i]:
+                _compare(check, i, f"{field}_no_pos0", rows[i][f"{field}_no_pos0"], float(cos[:, i, 1:].mean()), tol)
 
 
 def _check_copy(check, f: _Folder, rows, target, config, tol) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..condition import ConditionResult, achieved_residuals, metric_rows, summarise
+from ..condition import ConditionResult, achieved_residuals, floor_tokens, metric_rows, summarise
 from ..config import RunConfig
 from .config import RUNGS, LadderConfig, LadderSettings
 from ..downstream import next_token_agreement
@@ -62,7 +62,8 @@ def evaluate_output(lm: LoadedModel, layer: int, targets: torch.Tensor, output: 
         soft_prompt=output.inputs.float(), target=targets.float(), all_soft_prompts=output.inputs.float().unsqueeze(1),
         loss_curve=output.loss_curve.unsqueeze(1) if curves else None,
         cos_curve=output.cos_curve.unsqueeze(1) if curves else None,
-        problems=rows, summary=summarise(rows, 0, sum(output.seconds)), seconds=time.perf_counter() - start)
+        problems=rows, summary=summarise(rows, 0, sum(output.seconds)), seconds=time.perf_counter() - start,
+        baseline_tokens=floor_tokens(floor))
 
 
 def _marker(lm: LoadedModel, layer: int, targets: torch.Tensor, seed: int, settings: LadderSettings) -> dict:

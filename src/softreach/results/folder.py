@@ -149,6 +149,7 @@ def write_condition(out: Path, result: ConditionResult, config: dict, title: str
         tensors = {"soft_prompt": result.soft_prompt.float(), "target": result.target.float()}
         if tokens is not None:
             tensors["tokens"] = tokens.long()
+        tensors.update({name: ids.int() for name, ids in result.baseline_tokens.items()})  # baseline draws
         tensors.update(extra_tensors or {})
         folder.write_tensors("tensors.safetensors", tensors)
         if result.loss_curve is not None:

@@ -172,9 +172,11 @@ def run_rungs(lm, layer: int, cfg: SteerConfig, base: Point, texts, donors, dire
     if problems is None:
         problems = build_targets(lm, layer, cfg, texts, donors, frame, direction)
     if soft_result is None:
-        soft, base_rows = load_file(str(out / "soft" / "tensors.safetensors"))["soft_prompt"], read_problems(out / "soft")
+        saved = load_file(str(out / "soft" / "tensors.safetensors"))
+        soft, base_rows = saved["soft_prompt"], read_problems(out / "soft")
+        baseline_tokens = {k: v for k, v in saved.items() if k in ("floor_tokens", "near_miss_tokens")}
     else:
-        soft, base_rows = soft_result.soft_prompt, soft_result.problems
+        soft, base_rows, baseline_tokens = soft_result.soft_prompt, soft_result.problems, soft_result.baseline_tokens
     corpus = None
     for percent in cfg.vocab_percent:
         vocab = None
@@ -192,6 +194,7 @@ def run_rungs(lm, layer: int, cfg: SteerConfig, base: Point, texts, donors, dire
             with StepBar(problems.frame.rows * per_row, name, show_progress and per_row > 0, **bar_kind) as bar:
                 result, ids = solve_slot_rung(lm, layer, cfg, problems, rung, soft, base_rows, vocab, percent,
                                               bar.update)
+            result.baseline_tokens = baseline_tokens  # the rows carry the soft rows' floor and near miss
             config = point_config(lm, layer, cfg, base, frame)
             config.update(rung=rung, vocab_percent=percent, norm_budget=None, norm_budget_tokens=None,
                           discrete=True)  # real tokens: no norm budget applies

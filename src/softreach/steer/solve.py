@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from ..budget import absolute_cap, clip_norms
-from ..condition import ConditionResult, convergence_verdicts, summarise
-from ..floor import near_miss_cos, random_token_floor
+from ..condition import ConditionResult, convergence_verdicts, floor_tokens, summarise
+from ..floor import cos_of_draws, near_miss_tokens, random_token_floor
 from ..frame import TextFrame, frame_residual_batched
 from ..metrics import cos_per_position
 from ..optimize import initial_prompts, optimise
@@ -51,13 +51,15 @@ def solve_steer(lm, layer: int, cfg: SteerConfig, problems: SteerTargets, progre
     m = measure_inputs(lm, layer, frame, soft, target, cfg.downstream, achieved=reached[rows])
     cos, mse = m["cos_per_position"], m["mse"]
     own = measure_inputs(lm, layer, frame, own_inputs, target, cfg.downstream)
-    floor = random_token_floor(lm, target, layer, cfg.seed, cfg.floor_draws, frame=frame)["cos"] if cfg.floor_draws \
-        else None
+    floor = random_token_floor(lm, target, layer, cfg.seed, cfg.floor_draws, frame=frame) if cfg.floor_draws else {}
+    baseline_tokens = floor_tokens(floor)
     source = near_miss = None
     if problems.source_tokens is not None:
         source = measure_inputs(lm, layer, frame, emb(problems.source_tokens.to(lm.device)).float(), target, False)["cos"]
         if cfg.floor_draws:
-            near_miss = near_miss_cos(lm, layer, frame, problems.source_tokens, target, cfg.seed, 4 * cfg.floor_draws)
+            ids = near_miss_tokens(lm, problems.source_tokens, cfg.seed, 4 * cfg.floor_draws)  # [draws, N, K]
+            near_miss = cos_of_draws(lm, layer, ids, target, frame=frame).mean(2).mean(0)
+            baseline_tokens["near_miss_tokens"] = ids.transpose(0, 1)
     verdicts = convergence_verdicts(res, res.soft_prompt, cap, cfg.optim)
     out = []
     for i in range(n):
@@ -66,8 +68,8 @@ def solve_steer(lm, layer: int, cfg: SteerConfig, problems: SteerTargets, progre
                "own_cos": float(own["cos"][i]), "reached": bool(cos[i].mean() >= cfg.fidelity)}
         if problems.coefficient[i] is not None:
             rec["coefficient"] = problems.coefficient[i]
-        if floor is not None:
-            rec["floor_cos"] = float(floor[i])
+        if floor:
+            rec["floor_cos"] = float(floor["cos"][i])
             rec["beats_floor"] = bool(rec["cos"] > rec["floor_cos"])
         if source is not None:
             rec["source_cos"] = float(source[i])
@@ -85,4 +87,4 @@ def solve_steer(lm, layer: int, cfg: SteerConfig, problems: SteerTargets, progre
     s = cfg.optim.steps
     return ConditionResult(soft_prompt=soft, target=target.float(), all_soft_prompts=res.soft_prompt.view(n, r, k, d),
                            loss_curve=res.loss_curve.view(n, r, s), cos_curve=res.cos_curve.view(n, r, s),
-                           problems=out, summary=summary, seconds=res.seconds)
+                           problems=out, summary=summary, seconds=res.seconds, baseline_tokens=baseline_tokens)
