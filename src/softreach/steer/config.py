@@ -14,8 +14,10 @@ SWEEPS = ("k", "m", "distance")
 SLOT_RUNGS = ("projection", "projected", "gcg", "causal")
 # A layout's fixed text (before, after the slots) when --before/--after are not given.
 LAYOUT_LENGTHS = {"prefix": (0, 100), "infix": (50, 50), "suffix": (100, 4)}
-# Steering runs take fewer steps than free reachability (the input is short and at token scale).
-STEER_OPTIM = dict(steps=300, lr=0.01, start="random", prune_after=0, skip_pos0=False)
+# Steering: Adam lr 0.1 under the plateau schedule, at most 1000 steps (session 15, SmolLM2 layer 15, suffix layout,
+# 8 texts: steered targets 0.9990 with 6 of 8 converged, where lr 0.01 reached 0.9935 in 300 steps and 0.9989 in
+# 3000; noise targets 0.9924 against 0.9869 after 3000 steps at lr 0.01). Before: 300 steps at lr 0.01.
+STEER_OPTIM = dict(steps=1000, lr=0.1, start="random", prune_after=0, skip_pos0=False)
 
 
 @dataclass
