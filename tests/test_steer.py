@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 import softreach as sr
 from softreach.cli import main
 from softreach.errors import UserError
-from softreach.floor import near_miss_cos, one_slot_wrong
+from softreach.floor import near_miss, one_slot_wrong
 from softreach.frame import frame_residual_of_tokens
 from softreach.random_models import random_model
 from softreach.steer.config import SteerConfig
@@ -256,8 +256,10 @@ def test_near_miss_is_the_mean_cosine_of_the_source_with_one_slot_wrong():
     cfg = SteerConfig(kind="real", before=3, after=6, soft=3, steer="last:2", targets=2)
     texts, donors = draw_texts(lm, cfg.corpus, 3, 3, 6, 2, 0, donors=2)
     pr = build_targets(lm, 2, cfg, texts, donors, texts.frame(3, steered_positions(3, 3, 6, cfg.steer, None)))
-    got = near_miss_cos(lm, 2, pr.frame, pr.source_tokens, pr.target, seed=7, draws=5)
+    near = near_miss(lm, 2, pr.frame, pr.source_tokens, pr.target, seed=7, draws=5)
+    got = near["cos"]
     ids = one_slot_wrong(pr.source_tokens, lm.ordinary_token_ids(), 5, torch.Generator().manual_seed(7 + 130363))
+    assert torch.equal(near["tokens"], ids.transpose(0, 1))  # the draws it returns are the ones it scored
     for i in range(2):  # one problem, one draw at a time
         cos = [torch.nn.functional.cosine_similarity(
             frame_residual_of_tokens(lm.model, 2, pr.frame.select(slice(i, i + 1)), ids[d, i:i + 1])[0],

@@ -56,19 +56,16 @@ def one_slot_wrong(source: torch.Tensor, vocab: torch.Tensor, draws: int, genera
     return ids.scatter_(2, slot, vocab[pick])
 
 
-def near_miss_tokens(lm: LoadedModel, source: torch.Tensor, seed: int, draws: int = 16) -> torch.Tensor:
-    """The near miss's draws [draws, N, K] of source [N, K]: one_slot_wrong over the ordinary tokens."""
-    return one_slot_wrong(source, lm.ordinary_token_ids(), draws, torch.Generator().manual_seed(seed + 130363))
-
-
 @torch.no_grad()
-def near_miss_cos(lm: LoadedModel, layer: int, frame: TextFrame, source: torch.Tensor, targets: torch.Tensor,
-                  seed: int, draws: int = 16) -> torch.Tensor:
-    """Mean cosine [N] of the known answer with one slot wrong (near_miss_tokens, `draws` draws per problem):
-    source [N, K] tokens whose residuals are targets [N, P, d] at the frame's positions.
+def near_miss(lm: LoadedModel, layer: int, frame: TextFrame, source: torch.Tensor, targets: torch.Tensor,
+              seed: int, draws: int = 16) -> dict:
+    """The known answer with one slot wrong (one_slot_wrong over the ordinary tokens, `draws` draws per problem):
+    source [N, K] tokens whose residuals are targets [N, P, d] at the frame's positions. Returns {"cos": [N] the
+    mean cosine, "tokens": [N, draws, K] the draws (saved as `near_miss_tokens` for `softreach verify`)}.
 
     What a search that found all but one of the tokens would score: the scale for reading a discrete rung's
     cosine on real targets (a rung below it has done worse than all-but-one).
     """
-    ids = near_miss_tokens(lm, source, seed, draws)
-    return cos_of_draws(lm, layer, ids, targets, frame=frame).mean(2).mean(0)
+    ids = one_slot_wrong(source, lm.ordinary_token_ids(), draws, torch.Generator().manual_seed(seed + 130363))
+    cos = cos_of_draws(lm, layer, ids, targets, frame=frame)  # [draws, N, P]
+    return {"cos": cos.mean(2).mean(0), "tokens": ids.transpose(0, 1).contiguous()}

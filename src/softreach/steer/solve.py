@@ -7,7 +7,7 @@ import torch
 
 from ..budget import absolute_cap, clip_norms
 from ..condition import ConditionResult, convergence_verdicts, floor_tokens, summarise
-from ..floor import cos_of_draws, near_miss_tokens, random_token_floor
+from ..floor import near_miss, random_token_floor
 from ..frame import TextFrame, frame_residual_batched
 from ..metrics import cos_per_position
 from ..optimize import initial_prompts, optimise
@@ -53,13 +53,12 @@ def solve_steer(lm, layer: int, cfg: SteerConfig, problems: SteerTargets, progre
     own = measure_inputs(lm, layer, frame, own_inputs, target, cfg.downstream)
     floor = random_token_floor(lm, target, layer, cfg.seed, cfg.floor_draws, frame=frame) if cfg.floor_draws else {}
     baseline_tokens = floor_tokens(floor)
-    source = near_miss = None
+    source = near_miss_cos = None
     if problems.source_tokens is not None:
         source = measure_inputs(lm, layer, frame, emb(problems.source_tokens.to(lm.device)).float(), target, False)["cos"]
         if cfg.floor_draws:
-            ids = near_miss_tokens(lm, problems.source_tokens, cfg.seed, 4 * cfg.floor_draws)  # [draws, N, K]
-            near_miss = cos_of_draws(lm, layer, ids, target, frame=frame).mean(2).mean(0)
-            baseline_tokens["near_miss_tokens"] = ids.transpose(0, 1)
+            near = near_miss(lm, layer, frame, problems.source_tokens, target, cfg.seed, 4 * cfg.floor_draws)
+            near_miss_cos, baseline_tokens["near_miss_tokens"] = near["cos"], near["tokens"]
     verdicts = convergence_verdicts(res, res.soft_prompt, cap, cfg.optim)
     out = []
     for i in range(n):
@@ -73,8 +72,8 @@ def solve_steer(lm, layer: int, cfg: SteerConfig, problems: SteerTargets, progre
             rec["beats_floor"] = bool(rec["cos"] > rec["floor_cos"])
         if source is not None:
             rec["source_cos"] = float(source[i])
-        if near_miss is not None:
-            rec["near_miss_cos"] = float(near_miss[i])
+        if near_miss_cos is not None:
+            rec["near_miss_cos"] = float(near_miss_cos[i])
         if cfg.downstream:
             rec.update(kl=float(m["kl"][i]), top1=float(m["top1"][i]), own_kl=float(own["kl"][i]),
                        own_top1=float(own["top1"][i]))
